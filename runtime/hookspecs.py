@@ -1,0 +1,167 @@
+"""Every hook a Loom plugin can implement.
+
+Plugins implement hooks with ``@runtime.hookimpl`` and are found through the ``loom`` entry-point group.
+Hook implementations may declare any subset of a hook's parameters (pluggy passes only those), so new
+parameters can be added later without breaking plugins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from .config import Project
+    from .monitoring import DriftReport
+    from .registry import ModelVersion
+
+hookspec = pluggy.HookspecMarker("loom")
+
+Register = Callable[[str, Callable[..., Any]], None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registration hooks: called once when a plugin manager is built. ``register(name, factory)`` is owned by the
+# host, which rejects duplicate or malformed registrations with the registering plugin's name.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def loom_register_data_sources(register: Register) -> None:
+    """Register data-source factories by URI scheme.
+
+    :param register: ``register(scheme, factory)``; ``factory(uri, *, base_dir, options)`` returns a
+        :class:`runtime.DataSource`. ``scheme`` is the part before ``://`` (``csv``, ``parquet``, ...).
+    :return: nothing; return values are ignored.
+
+    Since 0.1.0. Implemented by ``loom_files``.
+    """
+
+
+@hookspec
+def loom_register_feature_stores(register: Register) -> None:
+    """Register feature-store factories by name (the ``features.store`` key of ``loom.yaml``).
+
+    :param register: ``register(name, factory)``; ``factory(*, state_dir, options)`` returns a
+        :class:`runtime.FeatureStore`.
+    :return: nothing.
+
+    Since 0.1.0. Implemented by ``loom_local_features`` (``local``).
+    """
+
+
+@hookspec
+def loom_register_registries(register: Register) -> None:
+    """Register model-registry factories by name (the ``registry.kind`` key of ``loom.yaml``).
+
+    :param register: ``register(name, factory)``; ``factory(*, state_dir, options)`` returns a
+        :class:`runtime.ModelRegistry`.
+    :return: nothing.
+
+    Since 0.1.0. Implemented by ``loom_local_registry`` (``local``).
+    """
+
+
+@hookspec
+def loom_register_drift_monitors(register: Register) -> None:
+    """Register drift-monitor factories by name (the ``monitoring.monitor`` key of ``loom.yaml``).
+
+    :param register: ``register(name, factory)``; ``factory(*, options)`` returns a :class:`runtime.DriftMonitor`.
+    :return: nothing.
+
+    Since 0.1.0. Implemented by ``loom_evidently`` (``evidently``).
+    """
+
+
+@hookspec
+def loom_register_commands(cli: click.Group) -> None:
+    """Add commands to the ``loom`` command line.
+
+    :param cli: the top-level :class:`click.Group`; call ``cli.add_command(...)`` or use ``@cli.command()``.
+    :return: nothing.
+
+    Since 0.1.0.
+    """
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Life-cycle hooks: called as a project moves through its stages, in the driver process. Every implementation
+# is called; an exception is reported with the plugin's name and stops the stage.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def loom_before_training(project: Project, train_rows: int, params: dict[str, Any]) -> None:
+    """Called before Ray Train starts.
+
+    :param project: the loaded project.
+    :param train_rows: number of training rows after the point-in-time join.
+    :param params: the training parameters about to be used (read-only).
+
+    Since 0.1.0.
+    """
+
+
+@hookspec
+def loom_after_training(project: Project, metrics: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """Called when training has finished successfully.
+
+    :param project: the loaded project.
+    :param metrics: final validation metrics.
+    :param history: per-epoch metrics, oldest first.
+
+    Since 0.1.0.
+    """
+
+
+@hookspec
+def loom_model_registered(project: Project, version: ModelVersion) -> None:
+    """Called after a model version has been committed to the registry.
+
+    :param project: the loaded project.
+    :param version: the new :class:`runtime.ModelVersion`.
+
+    Since 0.1.0.
+    """
+
+
+@hookspec
+def loom_model_deployed(project: Project, model: str, version: int, url: str) -> None:
+    """Called once a model version answers over HTTP.
+
+    :param project: the loaded project.
+    :param model: model name.
+    :param version: the deployed version number.
+    :param url: the base URL it is served at.
+
+    Since 0.1.0.
+    """
+
+
+@hookspec
+def loom_drift_detected(project: Project, model: str, version: int, report: DriftReport) -> bool | None:
+    """Called when a drift check on served traffic finds drift.
+
+    :param project: the loaded project.
+    :param model: model name.
+    :param version: the version whose traffic drifted.
+    :param report: the :class:`runtime.DriftReport`.
+    :return: ``True`` to ask for a retrain; ``None``/``False`` to leave it.
+
+    Since 0.1.0.
+    """
+
+
+@hookspec
+def loom_on_error(project: Project, stage: str, error: BaseException) -> None:
+    """Called when a stage fails, before the error reaches the user. Must not raise.
+
+    :param project: the loaded project.
+    :param stage: the stage that failed (``ingest``, ``validate``, ``features``, ``train``, ``register``, ``deploy``).
+    :param error: the exception.
+
+    Since 0.1.0.
+    """

@@ -1,0 +1,62 @@
+"""The drift-monitor protocol and its report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    """Drift of one column between reference and current data."""
+
+    column: str
+    drifted: bool
+    score: float  # the statistic's value (p-value or distance, see ``method``)
+    method: str
+    threshold: float
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """What a drift check found."""
+
+    monitor: str
+    drifted: bool  # dataset-level verdict
+    share_drifted: float
+    n_reference: int
+    n_current: int
+    features: tuple[FeatureDrift, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["features"] = {f["column"]: {k: v for k, v in f.items() if k != "column"} for f in d["features"]}
+        return d
+
+
+@runtime_checkable
+class DriftMonitor(Protocol):
+    """Built by ``factory(*, options)`` registered with ``loom_register_drift_monitors``."""
+
+    def check(
+        self,
+        reference: pd.DataFrame,
+        current: pd.DataFrame,
+        *,
+        numerical: list[str],
+        categorical: list[str],
+    ) -> DriftReport:
+        """Compare ``current`` with ``reference`` over the given columns."""
+        ...
+
+    def html_report(
+        self, reference: pd.DataFrame, current: pd.DataFrame, *, numerical: list[str], categorical: list[str]
+    ) -> str:
+        """A human-readable HTML report of the same comparison."""
+        ...
+
+
+DriftMonitorFactory = Any
