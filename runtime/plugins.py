@@ -11,6 +11,7 @@ import importlib.metadata as md
 import inspect
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -80,7 +81,11 @@ class Plugins:
         try:
             self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as err:
-            raise PluginError(name, "(validation)", str(err), dist=dist) from None
+            # pluggy's message is "Plugin 'x' for hook 'h'\nhookimpl definition: ...\n<reason>": keep hook + reason.
+            text = str(err)
+            hook = re.search(r"for hook '(\w+)'", text)
+            reason = text.strip().splitlines()[-1]
+            raise PluginError(name, hook.group(1) if hook else "(validation)", reason, dist=dist) from None
         except ValueError as err:  # already registered
             raise PluginError(name, "(registration)", str(err), dist=dist) from None
         self._dists[name] = (dist, version)

@@ -1,0 +1,34 @@
+"""Connecting to Ray: an embedded local cluster by default, or an existing one via ``RAY_ADDRESS``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[str, Any]:
+    """Connect this process to Ray once; return the cluster's resources.
+
+    With no address (and no ``RAY_ADDRESS``) Loom starts an embedded single-node cluster bound to 127.0.0.1 with no
+    dashboard. Its logical CPU count is at least 4: logical CPUs are scheduling slots, and two training workers plus
+    a serving replica must fit on a 2-core laptop.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+        # Ray Train's controller polls its workers every 2 s by default, and each epoch's report waits for a poll:
+        # for short epochs that dominates the run. Propagated by Ray Train to its controller and workers.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+        address = address or os.environ.get("RAY_ADDRESS")
+        # Worker logs stay in Ray's session logs unless LOOM_RAY_LOGS=1; failures still reach the driver as errors.
+        common: dict[str, Any] = {"namespace": "loom", "logging_level": logging.WARNING,
+                                  "log_to_driver": os.environ.get("LOOM_RAY_LOGS", "") not in ("", "0")}
+        if address:
+            ray.init(address=address, **common)
+        else:
+            # The dashboard (bound to loopback) backs Ray's state and jobs APIs, which Ray Train uses.
+            ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=True,
+                     dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **common)
+    return dict(ray.cluster_resources())

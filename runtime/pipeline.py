@@ -1,0 +1,267 @@
+"""The life cycle, stage by stage: data -> validation -> features -> training -> registry -> serving.
+
+The CLI, the Python API and the tests all drive this one class. Each stage is a method; :meth:`Pipeline.up` runs
+them in order with a live display and per-stage timings. A failing stage calls ``loom_on_error`` and re-raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata as md
+import io
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .config import Project, load_project
+from .features import FeatureView
+from .plugins import Plugins, get_plugins
+from .registry import ModelVersion
+from .validation import validate_frame
+
+REFERENCE = "reference.parquet"
+
+
+@dataclass
+class Dataset:
+    """Validated data and where it came from."""
+
+    frame: pd.DataFrame
+    uri: str
+    fingerprint: str
+
+
+@dataclass
+class Trained:
+    """A training run's output, ready to register."""
+
+    artifacts: dict[str, bytes]
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    train_rows: int
+    seconds: float
+
+
+@dataclass
+class UpResult:
+    version: ModelVersion
+    url: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _git_commit(path: Any) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions(*dists: str) -> dict[str, str]:
+    out = {}
+    for d in dists:
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[d] = md.version(d)
+    return out
+
+
+class Pipeline:
+    """A project's life cycle. ``Pipeline("examples/quickstart").up()`` runs it all."""
+
+    def __init__(self, project: Project | str, *, plugins: Plugins | None = None, console: Console | None = None):
+        self.project = project if isinstance(project, Project) else load_project(project)
+        cfg = self.project.config
+        self.plugins = plugins or get_plugins(modules=cfg.plugins)
+        self.console = console or Console(stderr=True)
+        self.timings: dict[str, float] = {}
+        self._store = None
+        self._registry = None
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    @property
+    def feature_store(self):
+        if self._store is None:
+            f = self.project.config.features
+            self._store = self.plugins.feature_store(f.store, state_dir=self.project.state_dir, options=f.options)
+        return self._store
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            r = self.project.config.registry
+            self._registry = self.plugins.registry(r.kind, state_dir=self.project.state_dir, options=r.options)
+        return self._registry
+
+    @contextlib.contextmanager
+    def stage(self, name: str, message: str) -> Iterator[None]:
+        """Time a stage, show it, and report a failure to ``loom_on_error`` plugins."""
+        started = time.perf_counter()
+        try:
+            with self.console.status(f"[bold]{message}…"):
+                yield
+        except BaseException as err:
+            self.console.print(f"[red]✗[/] {name} failed")
+            self.plugins.call_quietly("loom_on_error", project=self.project, stage=name, error=err)
+            raise
+        finally:
+            self.timings[name] = round(time.perf_counter() - started, 2)
+        self.console.print(f"[green]✓[/] {name:<9} {self.timings[name]:6.2f}s  {message}")
+
+    def feature_view(self) -> FeatureView:
+        d, f = self.project.config.data, self.project.config.features
+        from datetime import timedelta
+
+        return FeatureView(name=f.view, entity=d.entity, timestamp=d.timestamp, features=tuple(d.feature_columns),
+                           ttl=timedelta(days=f.ttl_days) if f.ttl_days else None,
+                           dtypes={c: d.columns[c].type for c in d.feature_columns})
+
+    # -- stages ------------------------------------------------------------------------------------------------
+
+    def ingest(self) -> Dataset:
+        """Read the data source and validate it against the declared schema."""
+        d = self.project.config.data
+        with self.stage("ingest", f"reading {d.source}"):
+            source = self.plugins.data_source(d.source, base_dir=self.project.root, options=d.options)
+            raw = source.read()
+            fingerprint = source.fingerprint()
+        with self.stage("validate", f"validating {len(raw):,} rows against {len(d.columns)} declared columns"):
+            report = validate_frame(raw, d.columns, source=d.source)
+        return Dataset(frame=report.frame, uri=d.source, fingerprint=fingerprint)
+
+    def write_features(self, data: Dataset) -> FeatureView:
+        """Write the validated rows to the offline store and materialise the latest values online."""
+        view = self.feature_view()
+        with self.stage("features", f"writing feature view {view.name!r} ({len(view.features)} features)"):
+            store = self.feature_store
+            store.apply(view)
+            d = self.project.config.data
+            store.write(view.name, data.frame[[d.entity, d.timestamp, *view.features]])
+            store.materialize(view.name)
+        return view
+
+    def training_frame(self, data: Dataset, view: FeatureView) -> pd.DataFrame:
+        """Labels joined point-in-time with the feature store's offline features."""
+        d = self.project.config.data
+        labels = data.frame[[d.entity, d.timestamp, d.label]]
+        return self.feature_store.get_historical_features(labels, view.name, list(view.features))
+
+    def train(self, data: Dataset, view: FeatureView) -> Trained:
+        """Train on the connected Ray cluster with Ray Train, showing per-epoch progress."""
+        from .cluster import connect
+        from .model import ModelBundle, Preprocessor
+        from .training import run_training
+
+        cfg = self.project.config
+        d, t, m = cfg.data, cfg.training, cfg.model
+        frame = self.training_frame(data, view).sort_values(d.timestamp, kind="stable").reset_index(drop=True)
+        frame = frame[frame[d.label].notna()]
+        n_val = max(1, int(len(frame) * t.validation_fraction))
+        train_df, val_df = frame.iloc[:-n_val], frame.iloc[-n_val:]
+        schema = {c: d.columns[c] for c in view.features}
+        pre = Preprocessor.fit(train_df, schema)
+        classes = sorted(frame[d.label].dropna().unique().tolist())
+        if len(classes) < 2:
+            raise ValueError(f"label {d.label!r} has fewer than two classes; nothing to learn")
+        index = {c: i for i, c in enumerate(classes)}
+        arrays = {
+            "x_train": pre.transform(train_df), "y_train": train_df[d.label].map(index).to_numpy(np.int64),
+            "x_val": pre.transform(val_df), "y_val": val_df[d.label].map(index).to_numpy(np.int64),
+        }
+        kwargs = {"n_inputs": pre.n_features, "hidden": list(m.hidden), "n_classes": len(classes),
+                  "dropout": m.dropout}
+        params = {"architecture": m.architecture, **kwargs, "epochs": t.epochs, "batch_size": t.batch_size,
+                  "learning_rate": t.learning_rate, "workers": t.workers, "seed": t.seed}
+        self.plugins.call("loom_before_training", project=self.project, train_rows=len(train_df), params=dict(params))
+        with self.stage("cluster", "connecting to Ray"):
+            connect()
+        started = time.perf_counter()
+        with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
+                      transient=False) as progress:
+            task = progress.add_task("train", total=t.epochs, info="starting Ray Train workers…")
+
+            def on_epoch(mt: dict[str, Any]) -> None:
+                info = f"loss {mt['train_loss']:.4f}  val_loss {mt['val_loss']:.4f}"
+                if "val_auc" in mt:
+                    info += f"  val_auc {mt['val_auc']:.3f}"
+                progress.update(task, completed=mt["epoch"], info=info)
+
+            try:
+                result = run_training(
+                    {"architecture": m.architecture, "kwargs": kwargs, "epochs": t.epochs,
+                     "batch_size": t.batch_size, "learning_rate": t.learning_rate, "seed": t.seed},
+                    arrays, workers=t.workers, use_gpu=t.use_gpu, storage_path=self.project.state_dir / "runs",
+                    run_name=f"{m.name}-{time.strftime('%Y%m%d-%H%M%S')}", on_epoch=on_epoch)
+            except BaseException as err:
+                self.plugins.call_quietly("loom_on_error", project=self.project, stage="train", error=err)
+                raise
+            progress.update(task, completed=t.epochs)
+        self.timings["train"] = round(time.perf_counter() - started, 2)
+        self.console.print(f"[green]✓[/] {'train':<9} {self.timings['train']:6.2f}s  {t.workers} Ray Train workers, "
+                           f"{'GPU' if result.use_gpu else 'CPU'}, val_auc {result.metrics.get('val_auc', float('nan')):.3f}")
+        bundle = ModelBundle(architecture=m.architecture, kwargs=kwargs, preprocessor=pre, classes=classes,
+                             inputs={c: s.model_dump(exclude_none=True) for c, s in schema.items()},
+                             label=d.label, state_dict=result.state_dict)
+        artifacts = bundle.to_artifacts()
+        reference = train_df[list(view.features)].sample(min(len(train_df), cfg.monitoring.reference_rows),
+                                                         random_state=t.seed)
+        buf = io.BytesIO()
+        reference.reset_index(drop=True).to_parquet(buf, index=False)
+        artifacts[REFERENCE] = buf.getvalue()
+        final = {k: v for k, v in result.metrics.items() if k.startswith("val_") or k == "train_loss"}
+        self.plugins.call("loom_after_training", project=self.project, metrics=final, history=result.history)
+        return Trained(artifacts=artifacts, params={**params, "use_gpu": result.use_gpu}, metrics=final,
+                       history=result.history, train_rows=len(train_df), seconds=result.seconds)
+
+    def register(self, trained: Trained, data: Dataset, view: FeatureView) -> ModelVersion:
+        """Record the trained model as a new version with lineage, and point the configured alias at it."""
+        cfg = self.project.config
+        with self.stage("register", f"registering {cfg.model.name!r} in the {cfg.registry.kind!r} registry"):
+            lineage = {
+                "data": {"source": data.uri, "fingerprint": data.fingerprint, "rows": len(data.frame)},
+                "features": {"store": cfg.features.store, "view": view.name, "features": list(view.features),
+                             "ttl_days": cfg.features.ttl_days},
+                "training": {"history": trained.history, "train_rows": trained.train_rows,
+                             "seconds": round(trained.seconds, 2)},
+                "code": {"git_commit": _git_commit(self.project.root), "project": cfg.name},
+                "packages": _versions("loom-mlops", "torch", "ray", "pandas", "evidently"),
+                "reference_profile": REFERENCE,
+            }
+            version = self.registry.register(cfg.model.name, trained.artifacts, params=trained.params,
+                                             metrics=trained.metrics, lineage=lineage, alias=cfg.registry.alias)
+        self.plugins.call("loom_model_registered", project=self.project, version=version)
+        return version
+
+    def deploy(self, ref: int | str | None = None) -> str:
+        """Serve the model (the configured alias by default) with Ray Serve; return the base URL."""
+        from .cluster import connect
+        from .serving.deploy import deploy
+
+        cfg = self.project.config
+        ref = ref if ref is not None else cfg.registry.alias
+        version = self.registry.get_version(cfg.model.name, ref)
+        with self.stage("deploy", f"serving {cfg.model.name} v{version.version} with Ray Serve"):
+            connect()
+            url = deploy(self.project, {cfg.model.name: version.version})
+        self.plugins.call("loom_model_deployed", project=self.project, model=cfg.model.name,
+                          version=version.version, url=url)
+        return url
+
+    def up(self) -> UpResult:
+        """The whole life cycle: ingest, validate, features, train, register, deploy."""
+        started = time.perf_counter()
+        data = self.ingest()
+        view = self.write_features(data)
+        trained = self.train(data, view)
+        version = self.register(trained, data, view)
+        url = self.deploy(version.version)
+        self.timings["total"] = round(time.perf_counter() - started, 2)
+        return UpResult(version=version, url=url, timings=dict(self.timings))
