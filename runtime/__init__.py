@@ -15,6 +15,7 @@ from .config import ColumnSpec, Project, ProjectConfig, load_project, parse_conf
 from .data import DataSource, hash_files, hash_frame, resolve_path, split_uri
 from .errors import ConfigError, DataValidationError, InvalidNameError, LoomError, NotFoundError, PluginError
 from .features import FeatureStore, FeatureView
+from .hookspecs import Register
 from .monitoring import DriftMonitor, DriftReport, FeatureDrift
 from .names import check_name
 from .plugins import PluginInfo, Plugins, get_plugins
@@ -59,6 +60,7 @@ __all__ = [
     "Pipeline",
     "PluginError",
     "PluginInfo",
+    "Register",
     "Plugins",
     "Project",
     "ProjectConfig",

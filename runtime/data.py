@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, runtime_checkable
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @runtime_checkable
@@ -57,6 +58,8 @@ def hash_files(paths: list[Path]) -> str:
 
 def hash_frame(df: pd.DataFrame) -> str:
     """Content hash of a DataFrame (column names, dtypes and values), as ``sha256:<hex>``."""
+    import pandas as pd
+
     h = hashlib.sha256()
     h.update(repr(list(zip(df.columns, map(str, df.dtypes)))).encode())
     h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())

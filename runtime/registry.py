@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from .errors import InvalidNameError
 from .names import check_name
 
 #: Artifact file suffixes a registry must refuse: they are (or may be) pickles, which run code when loaded.
@@ -69,7 +70,7 @@ def check_artifact_name(artifact: str) -> str:
     """Reject unsafe artifact names and pickle formats."""
     check_name(artifact, "artifact name")
     if artifact.lower().endswith(FORBIDDEN_ARTIFACT_SUFFIXES):
-        raise ValueError(f"artifact {artifact!r} looks like a pickle; Loom stores weights as safetensors only")
+        raise InvalidNameError(f"artifact {artifact!r} looks like a pickle; Loom stores weights as safetensors only")
     return artifact
 
 

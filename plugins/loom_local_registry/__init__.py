@@ -1,1 +1,58 @@
-"""placeholder"""
+"""Loom's built-in model registry, ``local``: SQLite metadata plus a content-addressed artifact store.
+
+Select it with ``registry: {kind: local}`` in ``loom.yaml`` (the default). Options:
+
+``path``
+    Directory holding ``registry.db``. Default: ``<state_dir>/registry``.
+``artifact_root``
+    Directory holding artifact blobs. Default: ``<path>/artifacts``.
+
+Relative paths are taken relative to the project's state directory. Both directories must be on a local file
+system (SQLite's WAL mode does not work over NFS/SMB); many processes on one machine may use them at once.
+
+This plugin uses only ``runtime``'s public API, exactly as a third-party registry would.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from runtime import ConfigError, hookimpl
+
+from ._registry import LocalRegistry
+
+__all__ = ["LocalRegistry", "loom_register_registries"]
+
+_OPTIONS = ("path", "artifact_root")
+
+
+def _path_option(options: dict[str, Any], key: str, default: Path, state_dir: Path) -> Path:
+    value = options.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ConfigError(f"registry option {key!r} must be a directory path, got {value!r}")
+    return state_dir / Path(value).expanduser()  # an absolute path replaces state_dir
+
+
+def _create(*, state_dir: Path, options: dict[str, Any]) -> LocalRegistry:
+    """Factory for ``registry.kind: local``; rejects unknown options so typos do not go unnoticed."""
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) for registry 'local': {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(_OPTIONS)})"
+        )
+    state_dir = Path(state_dir)
+    path = _path_option(options, "path", state_dir / "registry", state_dir)
+    artifact_root = _path_option(options, "artifact_root", path / "artifacts", state_dir)
+    return LocalRegistry(path, artifact_root)
+
+
+@hookimpl
+def loom_register_registries(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register the ``local`` registry."""
+    register("local", _create)

@@ -1,0 +1,272 @@
+"""The built-in ``local`` model registry, on real SQLite files, built through the installed entry point."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+import runtime
+from loom_local_registry import LocalRegistry
+from runtime import ConfigError, InvalidNameError, LoomError, ModelRegistry, NotFoundError
+
+WEIGHTS = "model.safetensors"
+#: Only the plugin under test: other built-in plugins are irrelevant here and slow to import in child processes.
+ONLY_THIS_PLUGIN = "local_registry"
+
+
+def _open(state_dir: Path, **options: object) -> LocalRegistry:
+    return runtime.get_plugins().registry("local", state_dir=state_dir, options=options)
+
+
+@pytest.fixture(autouse=True)
+def _only_this_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOOM_PLUGINS", ONLY_THIS_PLUGIN)
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> LocalRegistry:
+    return _open(tmp_path)
+
+
+def _blob_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def _blob_path(tmp_path: Path, data: bytes) -> Path:
+    digest = hashlib.sha256(data).hexdigest()
+    return tmp_path / "registry" / "artifacts" / "sha256" / digest[:2] / digest
+
+
+# -- child-process bodies (module level so the spawn context can import them) ---------------------------------
+
+
+def _register_and_hang(state_dir: str, ready: multiprocessing.synchronize.Event) -> None:
+    reg = _open(Path(state_dir))
+
+    def hang(version: runtime.ModelVersion) -> None:
+        ready.set()
+        time.sleep(120)  # the parent SIGKILLs us here, inside the open transaction
+
+    reg._before_commit = hang  # type: ignore[method-assign]
+    reg.register("m", {WEIGHTS: b"never committed"}, alias="production")
+
+
+# -- construction -----------------------------------------------------------------------------------------------
+
+
+def test_factory_is_registered_by_the_entry_point(reg: LocalRegistry, tmp_path: Path) -> None:
+    assert isinstance(reg, LocalRegistry) and isinstance(reg, ModelRegistry)
+    assert runtime.get_plugins().names("loom_register_registries") == {"local": "local_registry"}
+    db = tmp_path / "registry" / "registry.db"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 1
+
+
+def test_options(tmp_path: Path) -> None:
+    reg = _open(tmp_path, path="meta", artifact_root=str(tmp_path / "blobs"))
+    reg.register("m", {WEIGHTS: b"w"})
+    assert (tmp_path / "meta" / "registry.db").is_file()
+    assert len(_blob_files(tmp_path / "blobs")) == 1
+    with pytest.raises(ConfigError, match="'colour'"):
+        _open(tmp_path, colour="blue")
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    _open(tmp_path)
+    with sqlite3.connect(tmp_path / "registry" / "registry.db") as conn:
+        conn.execute("INSERT INTO schema_version VALUES (99, 0)")
+    with pytest.raises(LoomError, match="schema version 99"):
+        _open(tmp_path)
+
+
+# -- round trips ------------------------------------------------------------------------------------------------
+
+
+def test_register_and_get_round_trip(reg: LocalRegistry) -> None:
+    params = {"lr": 0.003, "layers": [64, 32], "nested": {"a": None, "b": True}}
+    lineage = {"data": {"uri": "csv://data.csv", "sha256": "ab" * 32}, "features": ["x", "y"]}
+    v = reg.register(
+        "churn", {WEIGHTS: b"\x00weights\xff", "config.json": b"{}"}, params=params, metrics={"auc": 0.91},
+        lineage=lineage, tags={"team": "growth"}, description="first", alias="production",
+    )
+    assert (v.name, v.version, v.aliases) == ("churn", 1, ("production",))
+    assert v.artifacts == ("config.json", WEIGHTS)
+    for ref in (1, "1", "production"):
+        assert reg.get_version("churn", ref) == v
+    got = reg.get_version("churn", 1)
+    assert (got.params, got.metrics, got.lineage, got.tags, got.description) == (
+        params, {"auc": 0.91}, lineage, {"team": "growth"}, "first")
+    assert reg.read_artifact("churn", 1, WEIGHTS) == b"\x00weights\xff"
+    assert reg.list_models() == ["churn"]
+
+
+def test_versions_are_consecutive_and_listed_ascending(reg: LocalRegistry, tmp_path: Path) -> None:
+    for i in range(3):
+        reg.register("m", {WEIGHTS: b"same bytes"}, metrics={"i": i})
+    reg.register("a", {WEIGHTS: b"other"})
+    assert [v.version for v in reg.list_versions("m")] == [1, 2, 3]
+    assert [v.metrics["i"] for v in reg.list_versions("m")] == [0, 1, 2]
+    assert reg.list_models() == ["a", "m"]
+    assert len(_blob_files(tmp_path / "registry" / "artifacts")) == 2  # identical content stored once
+
+
+def test_aliases_move_and_are_deleted(reg: LocalRegistry) -> None:
+    reg.register("m", {WEIGHTS: b"1"}, alias="production")
+    reg.register("m", {WEIGHTS: b"2"}, alias="staging")
+    reg.set_alias("m", "production", 2)
+    assert reg.get_version("m", "production").version == 2
+    assert reg.get_version("m", 2).aliases == ("production", "staging")
+    assert reg.get_version("m", 1).aliases == ()
+    reg.register("m", {WEIGHTS: b"3"}, alias="production")  # registering with an alias moves it too
+    assert [v.aliases for v in reg.list_versions("m")] == [(), ("staging",), ("production",)]
+    reg.delete_alias("m", "staging")
+    with pytest.raises(NotFoundError, match=r"no alias 'staging' \(aliases: production -> 3\)"):
+        reg.get_version("m", "staging")
+
+
+def test_delete_version_removes_its_aliases_and_never_reuses_its_number(reg: LocalRegistry) -> None:
+    reg.register("m", {WEIGHTS: b"1"})
+    reg.register("m", {WEIGHTS: b"2"}, alias="production")
+    reg.delete_version("m", 2)
+    assert [v.version for v in reg.list_versions("m")] == [1]
+    with pytest.raises(NotFoundError, match="aliases: none"):
+        reg.get_version("m", "production")
+    assert reg.register("m", {WEIGHTS: b"3"}).version == 3
+
+
+def test_tags_and_description_can_change(reg: LocalRegistry) -> None:
+    reg.register("m", {WEIGHTS: b"1"}, tags={"a": "1"}, description="old")
+    reg.set_tags("m", 1, {"b": "2"})
+    reg.set_description("m", 1, "new")
+    v = reg.get_version("m", 1)
+    assert (v.tags, v.description) == ({"b": "2"}, "new")
+
+
+def test_not_found_errors_say_what_exists(reg: LocalRegistry) -> None:
+    reg.register("m", {WEIGHTS: b"1"}, alias="production")
+    reg.register("m", {WEIGHTS: b"2"})
+    with pytest.raises(NotFoundError, match=r"no model named 'nope' .*\(models: m\)"):
+        reg.get_version("nope", 1)
+    with pytest.raises(NotFoundError, match=r"no version 7 \(versions: 1, 2\)"):
+        reg.get_version("m", 7)
+    with pytest.raises(NotFoundError, match=r"no alias 'prod' \(aliases: production -> 1\)"):
+        reg.get_version("m", "prod")
+    with pytest.raises(NotFoundError, match=r"no artifact 'x.onnx' \(artifacts: model.safetensors\)"):
+        reg.read_artifact("m", 1, "x.onnx")
+    with pytest.raises(NotFoundError, match="no version 9"):
+        reg.set_alias("m", "production", 9)
+    with pytest.raises(NotFoundError, match="no model named 'nope'"):
+        reg.list_versions("nope")
+    assert reg.get_version("m", "production").version == 1
+
+
+# -- safety ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["..", "a/b", "a\\b", "%2e%2e", "a\x00b", "new\nline", "\x1b[31m", "../etc"])
+def test_unsafe_names_are_rejected_before_anything_is_written(reg: LocalRegistry, tmp_path: Path, bad: str) -> None:
+    artifacts = tmp_path / "registry" / "artifacts"
+    with pytest.raises(InvalidNameError):
+        reg.register(bad, {WEIGHTS: b"w"})
+    with pytest.raises(InvalidNameError):
+        reg.register("m", {WEIGHTS: b"w"}, alias=bad)
+    with pytest.raises(InvalidNameError):
+        reg.register("m", {WEIGHTS: b"w", bad: b"x"})
+    with pytest.raises(InvalidNameError):
+        reg.get_version("m", bad)
+    assert reg.list_models() == []
+    assert _blob_files(artifacts) == []
+    reg.register("m", {WEIGHTS: b"w"})
+    with pytest.raises(InvalidNameError):
+        reg.set_alias("m", bad, 1)
+    with pytest.raises(InvalidNameError):
+        reg.read_artifact("m", 1, bad)
+
+
+def test_numeric_aliases_are_rejected(reg: LocalRegistry) -> None:
+    reg.register("m", {WEIGHTS: b"w"})
+    with pytest.raises(InvalidNameError, match="version number"):
+        reg.set_alias("m", "2", 1)
+
+
+@pytest.mark.parametrize("name", ["model.pkl", "model.PICKLE", "w.pt", "w.pth", "m.joblib", "c.ckpt", "w.bin"])
+def test_pickle_artifacts_are_rejected(reg: LocalRegistry, tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="pickle"):
+        reg.register("m", {WEIGHTS: b"fine", name: b"evil"})
+    assert reg.list_models() == []
+    assert _blob_files(tmp_path / "registry" / "artifacts") == []
+
+
+def test_corrupted_blob_is_detected_on_read(reg: LocalRegistry, tmp_path: Path) -> None:
+    reg.register("m", {WEIGHTS: b"good weights"})
+    blob = _blob_path(tmp_path, b"good weights")
+    blob.chmod(0o644)
+    blob.write_bytes(b"bad weights!")
+    with pytest.raises(LoomError, match=r"artifact 'model.safetensors' of model 'm' version 1 is corrupt"):
+        reg.read_artifact("m", 1, WEIGHTS)
+    reg.register("m", {WEIGHTS: b"good weights"})  # storing the same content again repairs the blob
+    assert reg.read_artifact("m", 1, WEIGHTS) == b"good weights"
+    blob.unlink()
+    with pytest.raises(LoomError, match="missing"):
+        reg.read_artifact("m", 2, WEIGHTS)
+
+
+# -- concurrency and crashes -----------------------------------------------------------------------------------
+
+
+def test_sixteen_concurrent_processes_get_distinct_consecutive_versions(reg: LocalRegistry, tmp_path: Path) -> None:
+    # Each child gets the registry by pickling (as Ray would ship it) and runs one register(). The test holds the
+    # database's write lock until every child has staged its blob, so all sixteen then race for it at once.
+    ctx = multiprocessing.get_context("spawn")
+    lock = sqlite3.connect(tmp_path / "registry" / "registry.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    procs = [
+        ctx.Process(target=reg.register, args=("m", {WEIGHTS: f"w{i}".encode()}), kwargs={"params": {"worker": i}})
+        for i in range(16)
+    ]
+    try:
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + 20  # registrations queue for up to the 30 s busy timeout; release well before
+        while len(_blob_files(tmp_path / "registry" / "artifacts")) < 16 and time.monotonic() < deadline:
+            assert all(p.exitcode is None for p in procs), "a child finished before the lock was released"
+            time.sleep(0.05)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+        for p in procs:
+            p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 16
+    versions = reg.list_versions("m")
+    assert [v.version for v in versions] == list(range(1, 17))
+    assert sorted(v.params["worker"] for v in versions) == list(range(16))
+    for v in versions:
+        assert reg.read_artifact("m", v.version, WEIGHTS) == f"w{v.params['worker']}".encode()
+
+
+def test_process_killed_before_commit_leaves_no_version(reg: LocalRegistry, tmp_path: Path) -> None:
+    reg.register("m", {WEIGHTS: b"v1"}, alias="production")
+    before = reg.list_versions("m")
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    child = ctx.Process(target=_register_and_hang, args=(str(tmp_path), ready))
+    child.start()
+    try:
+        assert ready.wait(60), "child never reached the commit point"
+        assert _blob_path(tmp_path, b"never committed").is_file()  # staged, holding the write lock
+    finally:
+        child.kill()  # SIGKILL
+        child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    assert reg.list_versions("m") == before
+    assert reg.get_version("m", "production").version == 1
+    v = reg.register("m", {WEIGHTS: b"v2"})
+    assert v.version == 2
+    assert [x.version for x in reg.list_versions("m")] == [1, 2]
