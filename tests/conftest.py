@@ -1,0 +1,63 @@
+"""Shared fixtures: one embedded Ray cluster for the whole test run, and a quickstart project in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "examples" / "quickstart"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster shared by every test that needs Ray; shut down at the end of the run."""
+    import ray
+
+    from runtime import connect
+
+    resources = connect()
+    yield resources
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_port() -> int:
+    """Ray Serve binds one HTTP port per cluster: every serving test shares it."""
+    return free_port()
+
+
+def make_project(dest: Path, *, port: int, **overrides) -> Path:
+    """Copy the quickstart into ``dest`` with fresh generated data and the given config overrides."""
+    shutil.copytree(QUICKSTART, dest, ignore=shutil.ignore_patterns("data", ".loom"))
+    subprocess.run([sys.executable, str(dest / "generate_data.py")], check=True, cwd=dest)
+    cfg = yaml.safe_load((dest / "loom.yaml").read_text())
+    cfg["serving"]["port"] = port
+    for section, values in overrides.items():
+        cfg.setdefault(section, {}).update(values)
+    (dest / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def quickstart_dir(tmp_path_factory, serve_port) -> Path:
+    return make_project(tmp_path_factory.mktemp("quickstart"), port=serve_port, training={"epochs": 4})
+
+
+os.environ.setdefault("LOOM_RAY_LOGS", "0")
