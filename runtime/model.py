@@ -96,18 +96,18 @@ class Preprocessor:
 
     def transform(self, cols: Mapping[str, Any]) -> np.ndarray:
         """Encode a mapping of column -> array-like (a DataFrame works) into a float32 matrix."""
-        parts = []
-        if self.numeric:
-            num = np.column_stack([pd.to_numeric(pd.Series(np.asarray(cols[c], dtype=object)), errors="coerce")
-                                   .to_numpy(dtype="float64", na_value=np.nan) for c in self.numeric])
-            med = np.asarray(self.medians)
-            num = np.where(np.isnan(num), med, num)
-            parts.append((num - np.asarray(self.means)) / np.asarray(self.stds))
+        n = len(cols[self.input_columns[0]]) if self.input_columns else 0
+        out = np.empty((n, self.n_features), dtype=np.float32)
+        for j, c in enumerate(self.numeric):
+            col = pd.Series(cols[c]).astype("Float64").to_numpy(dtype="float64", na_value=np.nan)
+            col = np.where(np.isnan(col), self.medians[j], col)
+            out[:, j] = (col - self.means[j]) / self.stds[j]
+        j = len(self.numeric)
         for c, cats in self.categorical.items():
-            values = np.asarray(cols[c], dtype=object).astype(str)
-            parts.append((values[:, None] == np.asarray(cats, dtype=object)[None, :]).astype("float64"))
-        n = len(next(iter(cols.values()))) if len(cols) else 0
-        return np.hstack(parts).astype(np.float32) if parts else np.zeros((n, 0), np.float32)
+            values = np.asarray(pd.Series(cols[c]).astype(object).where(pd.notna(cols[c]), None), dtype=object)
+            out[:, j:j + len(cats)] = values[:, None] == np.asarray(cats, dtype=object)[None, :]
+            j += len(cats)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"numeric": self.numeric, "categorical": self.categorical, "medians": self.medians,

@@ -45,7 +45,7 @@ def serve_port() -> int:
 
 def make_project(dest: Path, *, port: int, **overrides) -> Path:
     """Copy the quickstart into ``dest`` with fresh generated data and the given config overrides."""
-    shutil.copytree(QUICKSTART, dest, ignore=shutil.ignore_patterns("data", ".loom"))
+    shutil.copytree(QUICKSTART, dest, ignore=shutil.ignore_patterns("data", ".loom"), dirs_exist_ok=True)
     subprocess.run([sys.executable, str(dest / "generate_data.py")], check=True, cwd=dest)
     cfg = yaml.safe_load((dest / "loom.yaml").read_text())
     cfg["serving"]["port"] = port
