@@ -205,6 +205,9 @@ def monitor(model: str, url: str, as_json: bool) -> None:
     out.print(table)
 
 
+# Command groups of each area live in their own modules and are attached here.
+
+
 def main() -> None:
     cli()
 

@@ -48,12 +48,20 @@ def _start_serve(host: str, port: int) -> None:
                         f"cannot also bind {host}:{port} (use --port {current.port} or restart the cluster)")
 
 
+def _quiet_serve_logs() -> None:
+    # Serve logs every controller step at INFO in the driver; Loom shows its own progress instead.
+    import logging
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
 def deploy(project: Project, models: dict[str, int | str], *, timeout_s: float = 120) -> str:
     """Deploy (or update in place) the project's Serve application and wait until it answers; returns its URL."""
     cfg = project.config.serving
     token = os.environ.get(cfg.auth_token_env) if cfg.auth_token_env else None
     if cfg.auth_token_env and not token:
         raise LoomError(f"serving.auth_token_env is {cfg.auth_token_env!r} but that environment variable is empty")
+    _quiet_serve_logs()
     _start_serve(cfg.host, cfg.port)
     deployment = serve.deployment(
         LoomIngress,
