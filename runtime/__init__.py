@@ -19,7 +19,25 @@ from .hookspecs import Register
 from .monitoring import DriftMonitor, DriftReport, FeatureDrift
 from .names import check_name
 from .plugins import PluginInfo, Plugins, get_plugins
-from .registry import FORBIDDEN_ARTIFACT_SUFFIXES, ModelRegistry, ModelVersion, check_artifact_name, parse_ref
+from .registry import (
+    FORBIDDEN_ARTIFACT_SUFFIXES,
+    LATEST,
+    ModelRegistry,
+    ModelVersion,
+    check_alias,
+    check_artifact_name,
+    parse_ref,
+)
+from .tracking import (
+    Comparison,
+    MetricPoint,
+    Run,
+    Tracker,
+    check_metrics,
+    check_run_id,
+    check_run_status,
+    compare_runs,
+)
 
 #: Marker for hook implementations: ``@runtime.hookimpl``.
 hookimpl = pluggy.HookimplMarker("loom")
@@ -43,7 +61,9 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "FORBIDDEN_ARTIFACT_SUFFIXES",
+    "LATEST",
     "ColumnSpec",
+    "Comparison",
     "ConfigError",
     "DataSource",
     "DataValidationError",
@@ -54,21 +74,29 @@ __all__ = [
     "FeatureView",
     "InvalidNameError",
     "LoomError",
+    "MetricPoint",
     "ModelRegistry",
     "ModelVersion",
     "NotFoundError",
     "Pipeline",
     "PluginError",
     "PluginInfo",
-    "Register",
     "Plugins",
     "Project",
     "ProjectConfig",
+    "Register",
+    "Run",
+    "Tracker",
     "ValidationReport",
     "__version__",
+    "check_alias",
     "check_artifact_name",
+    "check_metrics",
     "check_name",
+    "check_run_id",
+    "check_run_status",
     "coerce_frame",
+    "compare_runs",
     "connect",
     "get_plugins",
     "hash_files",
