@@ -6,6 +6,8 @@ being silently ignored. Paths in the file are relative to the project directory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .features import FeatureService, FeatureView
 from .names import check_name
 
 PROJECT_FILE = "loom.yaml"
@@ -34,6 +37,31 @@ class ColumnSpec(_Strict):
     max: float | None = Field(None, description="Largest allowed value (numeric columns).")
     categories: list[str] | None = Field(None, description="Allowed values (category columns).")
 
+    @model_validator(mode="after")
+    def _checks_fit_the_type(self) -> ColumnSpec:
+        if self.type not in ("int", "float") and (self.min is not None or self.max is not None):
+            raise ValueError(f"min/max apply to int and float columns, not {self.type}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        if self.categories is not None:
+            if self.type != "category":
+                raise ValueError(f"categories apply to category columns, not {self.type} (use type: category)")
+            if not self.categories or len(set(self.categories)) != len(self.categories):
+                raise ValueError("categories must be a non-empty list of distinct values")
+        return self
+
+
+class BadRowsConfig(_Strict):
+    """What happens to rows that fail validation. They are always counted and never silently dropped."""
+
+    policy: Literal["reject", "quarantine"] = Field(
+        "reject", description="reject: the stage fails with a report naming columns and example rows; "
+        "quarantine: bad rows are written to a file under `path` and the rest continue.")
+    path: str | None = Field(None, description="Quarantine directory (relative to the project); "
+                             "default <state_dir>/quarantine.")
+    max_fraction: float = Field(0.1, ge=0, le=1, description="With quarantine: fail anyway when more than this "
+                                "fraction of rows is bad (a broken source should stop, not trickle through).")
+
 
 class DataConfig(_Strict):
     """Where the data comes from and what it must look like."""
@@ -44,6 +72,8 @@ class DataConfig(_Strict):
     timestamp: str = Field(description="Event-time column used for point-in-time joins.")
     label: str = Field(description="Target column the model learns to predict.")
     columns: dict[str, ColumnSpec] = Field(description="Declared schema: every column the pipeline reads.")
+    bad_rows: BadRowsConfig = Field(default_factory=BadRowsConfig, description="Policy for rows that fail validation.")
+    batch_rows: int = Field(65_536, ge=1, description="Rows read and validated at a time (the source streams).")
 
     @model_validator(mode="after")
     def _key_columns_declared(self) -> DataConfig:
@@ -60,13 +90,152 @@ class DataConfig(_Strict):
         return [c for c in self.columns if c not in skip]
 
 
+class EntityConfig(_Strict):
+    """Something features describe (a customer, a product), identified by a join-key column."""
+
+    join_key: str = Field(description="Column holding the entity's key, in the data and in its feature views.")
+    description: str = Field("", description="What the entity is, for people reading the project.")
+
+
+class ViewConfig(_Strict):
+    """A feature view: features of one entity, stamped with event time, from the data source or its own."""
+
+    entity: str | None = Field(None, description="Entity name from features.entities; default: the data's entity.")
+    source: str | None = Field(None, description="Data source URI of this view; default: the project's data.source.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Options passed to this view's source plugin.")
+    timestamp: str | None = Field(None, description="Event-time column of `source` (required with it).")
+    columns: dict[str, ColumnSpec] = Field(
+        default_factory=dict, description="Declared schema of `source` (required with it): key, time and features.")
+    features: list[str] | None = Field(None, description="Features of the view; default: every column of its source "
+                                       "except keys, timestamp and label.")
+    ttl_days: float | None = Field(None, gt=0, description="Values older than this are not joined (None: no limit).")
+    description: str = Field("", description="What the view holds.")
+
+    @model_validator(mode="after")
+    def _own_source_is_declared(self) -> ViewConfig:
+        if self.source is None and (self.timestamp or self.columns or self.options):
+            raise ValueError("timestamp, columns and options describe a view's own `source`; set source too")
+        if self.source is not None and (not self.timestamp or not self.columns):
+            raise ValueError("a view with its own source needs `timestamp` and `columns`")
+        return self
+
+
 class FeaturesConfig(_Strict):
-    """The feature store that holds the features offline (training) and online (serving)."""
+    """The feature store, and the entities, feature views and feature services it holds.
+
+    The short form names one view built from the data source (``view``, ``ttl_days``); ``views`` defines several.
+    The model trains on, and is served with, the feature service ``service`` (default: every view's features).
+    """
 
     store: str = Field("local", description="Feature-store plugin name.")
-    view: str = Field("features", description="Name of the feature view built from the data source.")
-    ttl_days: float | None = Field(None, description="Feature values older than this are not joined (None: no limit).")
     options: dict[str, Any] = Field(default_factory=dict, description="Options passed to the feature-store plugin.")
+    view: str = Field("features", description="Short form: name of the one feature view built from the data source.")
+    ttl_days: float | None = Field(None, gt=0, description="Short form: values older than this are not joined.")
+    entities: dict[str, EntityConfig] = Field(
+        default_factory=dict, description="Entities by name; default: one named after data.entity.")
+    views: dict[str, ViewConfig] = Field(default_factory=dict, description="Feature views by name (long form).")
+    services: dict[str, list[str]] = Field(
+        default_factory=dict, description="Feature services by name: a list of 'view' or 'view:feature' items.")
+    service: str | None = Field(None, description="The service the model uses; default: the only service, or "
+                                "every view's features when there is none.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> FeaturesConfig:
+        if self.views and {"view", "ttl_days"} & self.model_fields_set:
+            raise ValueError("use either the short form (view, ttl_days) or views, not both")
+        names = [*self.entities, *self.views, *self.services]
+        for name in names:
+            check_name(name, "features name")
+        if self.service is not None and self.service not in self.services:
+            raise ValueError(f"service {self.service!r} is not defined in features.services")
+        return self
+
+
+@dataclass(frozen=True)
+class ViewSource:
+    """Where a view with its own source reads from, and the schema its rows are validated against."""
+
+    uri: str
+    options: dict[str, Any]
+    columns: dict[str, ColumnSpec]
+
+
+@dataclass(frozen=True)
+class FeatureDefinitions:
+    """The entities, views and services of a project, resolved against its data section."""
+
+    entities: dict[str, EntityConfig]
+    views: dict[str, FeatureView]
+    sources: dict[str, ViewSource]
+    """Views with a source of their own; the other views are built from ``data.source``."""
+    services: dict[str, FeatureService]
+    service: FeatureService
+    """The service the model trains on and is served with."""
+    columns: dict[str, ColumnSpec]
+    """Declared schema of every feature of every view."""
+
+
+def resolve_features(data: DataConfig, features: FeaturesConfig) -> FeatureDefinitions:
+    """Resolve defaults and cross-references of the features section; :class:`ConfigError` names what is wrong."""
+    entities = dict(features.entities) or {data.entity: EntityConfig(join_key=data.entity)}
+    join_keys = {e.join_key for e in entities.values()}
+    data_entity = [n for n, e in entities.items() if e.join_key == data.entity]
+    label_columns = {data.entity, data.timestamp, data.label} | join_keys
+    specs = features.views or {features.view: ViewConfig(ttl_days=features.ttl_days)}
+    views: dict[str, FeatureView] = {}
+    sources: dict[str, ViewSource] = {}
+    columns: dict[str, ColumnSpec] = {}
+    for name, spec in specs.items():
+        where = f"features.views.{name}" if features.views else "features"
+        entity_name = spec.entity or (data_entity[0] if data_entity else None)
+        if entity_name not in entities:
+            raise ConfigError(f"{where}: entity {entity_name!r} is not defined in features.entities "
+                              f"({', '.join(entities)})")
+        key = entities[entity_name].join_key
+        if spec.source is None:
+            cols, timestamp, skip = data.columns, data.timestamp, label_columns
+        else:
+            cols, timestamp, skip = spec.columns, spec.timestamp, {key, spec.timestamp}
+            sources[name] = ViewSource(uri=spec.source, options=dict(spec.options), columns=dict(spec.columns))
+        for role, col in (("join key", key), ("timestamp", timestamp)):
+            if col not in cols:
+                raise ConfigError(f"{where}: {role} column {col!r} is not declared in the view's source columns")
+        chosen = spec.features if spec.features is not None else [c for c in cols if c not in skip]
+        for f in chosen:
+            if f not in cols or f in (key, timestamp):
+                raise ConfigError(f"{where}: feature {f!r} is not a declared column of the view's source")
+            if f in columns and columns[f] != cols[f]:
+                raise ConfigError(f"{where}: feature {f!r} is declared differently in another view")
+            columns[f] = cols[f]
+        ttl = timedelta(days=spec.ttl_days) if spec.ttl_days else None
+        dtypes = {c: cols[c].type for c in (key, *chosen)}
+        views[name] = FeatureView(name=name, entity=key, timestamp=timestamp, features=tuple(chosen), ttl=ttl,
+                                  dtypes=dtypes)
+    services = {}
+    for name, items in features.services.items():
+        selection: dict[str, list[str] | None] = {}
+        for item in items:
+            view, _, feature = item.partition(":")
+            if not feature:
+                selection[view] = None
+            elif selection.get(view, []) is not None:
+                selection.setdefault(view, []).append(feature)  # type: ignore[union-attr]
+        services[name] = FeatureService.of(name, list(views.values()), selection)
+    if features.service is not None:
+        service = services[features.service]
+    elif len(services) == 1:
+        service = next(iter(services.values()))
+    elif services:
+        raise ConfigError(f"features.service must name the service the model uses (one of {', '.join(services)})")
+    else:
+        service = FeatureService(name=next(iter(views)) if len(views) == 1 else "all",
+                                 projections=tuple(views.values()))
+    missing = [k for k in service.join_keys if k not in data.columns]
+    if missing:
+        raise ConfigError(f"feature service {service.name!r} joins on {', '.join(missing)}, which data.columns "
+                          "does not declare (training labels need every join key)")
+    return FeatureDefinitions(entities=entities, views=views, sources=sources, services=services, service=service,
+                              columns=columns)
 
 
 class ModelConfig(_Strict):
@@ -142,6 +311,19 @@ class ProjectConfig(_Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="Model registry.")
     serving: ServingConfig = Field(default_factory=ServingConfig, description="Ray Serve settings.")
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig, description="Drift monitoring.")
+
+    @model_validator(mode="after")
+    def _features_resolve(self) -> ProjectConfig:
+        try:
+            resolve_features(self.data, self.features)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    @property
+    def feature_definitions(self) -> FeatureDefinitions:
+        """Entities, views and services of the features section, with every default filled in."""
+        return resolve_features(self.data, self.features)
 
 
 class Project(BaseModel):
