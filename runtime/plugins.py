@@ -12,15 +12,21 @@ import inspect
 import logging
 import os
 import re
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import pluggy
 
 from . import hookspecs
+from ._version import __version__
 from .errors import LoomError, NotFoundError, PluginError
 
 log = logging.getLogger("loom.plugins")
+#: With ``LOOM_TRACE_PLUGINS=1``: one INFO record per plugin load, registration, factory call and hook call,
+#: with its duration. Records carry ``loom_event``, ``loom_plugin`` and ``loom_ms`` attributes for handlers.
+trace_log = logging.getLogger("loom.plugins.trace")
 
 ENTRY_POINT_GROUP = "loom"
 #: Registration hooks and the kind of thing each registers.
@@ -41,6 +47,8 @@ class PluginInfo:
     dist: str | None
     version: str | None
     hooks: tuple[str, ...]
+    #: What its registration hooks registered, by kind: ``{"data_sources": ["csv", "parquet"]}``.
+    provides: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,6 +71,26 @@ def _selected(name: str, module: str, allow: set[str] | None, block: set[str]) -
     return allow is None or bool(ids & allow)
 
 
+def _enable_trace_output() -> None:
+    """Make trace records visible: INFO on the trace logger, and a stderr handler unless logging is configured."""
+    trace_log.setLevel(logging.INFO)
+    if not trace_log.hasHandlers():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("loom trace: %(message)s"))
+        trace_log.addHandler(handler)
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _owning_dist(module: str) -> str | None:
+    """The installed distribution that ships top-level module ``module`` (slow: used for error messages only)."""
+    dists = md.packages_distributions().get(module.partition(".")[0], [])
+    return dists[0] if dists else None
+
+
 class Plugins:
     """A pluggy manager plus the factories its plugins registered."""
 
@@ -72,24 +100,54 @@ class Plugins:
         self._dists: dict[str, tuple[str | None, str | None]] = {}
         self._kinds = {hook: _Kind(what) for hook, what in KINDS.items()}
         self.trace = os.environ.get("LOOM_TRACE_PLUGINS", "") not in ("", "0")
+        if self.trace:
+            _enable_trace_output()
 
     # -- loading -------------------------------------------------------------------------------------------
 
     def add(self, plugin: Any, name: str | None = None, dist: str | None = None, version: str | None = None) -> str:
         """Register a plugin object or module; validate its hooks now so mistakes surface at start-up."""
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+
+        def failed(hook: str, reason: str) -> PluginError:
+            owner = dist or (_owning_dist(plugin.__name__) if inspect.ismodule(plugin) else None)
+            return PluginError(name, hook, reason, dist=owner)
+
         try:
             self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as err:
             # pluggy's message is "Plugin 'x' for hook 'h'\nhookimpl definition: ...\n<reason>": keep hook + reason.
             text = str(err)
-            hook = re.search(r"for hook '(\w+)'", text)
+            found = re.search(r"for hook '(\w+)'", text)
+            hook = found.group(1) if found else "(validation)"
             reason = text.strip().splitlines()[-1]
-            raise PluginError(name, hook.group(1) if hook else "(validation)", reason, dist=dist) from None
+            spec = getattr(getattr(self.pm.hook, hook, None), "spec", None)
+            if spec is not None:
+                reason += f" (the hook's parameters are: {', '.join(spec.argnames)})"
+            raise failed(hook, reason) from None
         except ValueError as err:  # already registered
-            raise PluginError(name, "(registration)", str(err), dist=dist) from None
+            raise failed("(registration)", str(err)) from None
+        problem = self._misdeclared(plugin)
+        if problem:
+            self.pm.unregister(plugin)
+            raise failed(*problem)
         self._dists[name] = (dist, version)
         return name
+
+    def _misdeclared(self, plugin: Any) -> tuple[str, str] | None:
+        """``(hook, reason)`` for what pluggy accepts but Loom would mishandle: hook wrappers (Loom calls each
+        implementation itself) and ``loom_*`` functions lacking ``@hookimpl`` (they would never be called)."""
+        marked = set()
+        for hookcaller in self.pm.get_hookcallers(plugin) or ():
+            marked.add(hookcaller.name)
+            for impl in hookcaller.get_hookimpls():
+                if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper):
+                    return hookcaller.name, ("hook wrappers are not supported; Loom calls every implementation "
+                                             "itself (order them with tryfirst/trylast)")
+        for attr in dir(plugin):
+            if attr.startswith("loom_") and attr not in marked and inspect.isroutine(getattr(plugin, attr, None)):
+                return attr, "is not marked with @runtime.hookimpl, so Loom would never call it"
+        return None
 
     def load_entrypoints(self) -> None:
         """Load every plugin in the ``loom`` entry-point group, honouring ``LOOM_PLUGINS`` (allow-list) and
@@ -103,11 +161,13 @@ class Plugins:
             seen.add(ep.name)
             dist = ep.dist.name if ep.dist else None
             version = ep.dist.version if ep.dist else None
+            started = time.perf_counter()
             try:
                 plugin = ep.load()
             except Exception as err:  # noqa: BLE001 - any import failure is the plugin's
                 raise PluginError(ep.name, "(import)", f"{type(err).__name__}: {err}", dist=dist) from err
             self.add(plugin, name=ep.name, dist=dist, version=version)
+            self._trace("load", ep.name, started, f"load {ep.name} = {ep.value} ({dist} {version})")
 
     def load_modules(self, modules: Iterable[str]) -> None:
         """Load plugins by import path (the ``plugins:`` list of ``loom.yaml``)."""
@@ -115,19 +175,26 @@ class Plugins:
         for mod in modules:
             if mod in block or self.pm.has_plugin(mod):
                 continue
+            started = time.perf_counter()
             try:
                 plugin = importlib.import_module(mod)
             except Exception as err:  # noqa: BLE001
                 raise PluginError(mod, "(import)", f"{type(err).__name__}: {err}") from err
             self.add(plugin, name=mod)
+            self._trace("load", mod, started, f"load {mod} (project file)")
 
     def finish(self) -> Plugins:
-        """Reject implementations of unknown hooks, then run the registration hooks."""
+        """Reject implementations of unknown hooks (unless marked ``optionalhook``), then run the registration
+        hooks."""
         for name, plugin in self.pm.list_name_plugin():
             for hookcaller in self.pm.get_hookcallers(plugin) or ():
-                if hookcaller.spec is None:
-                    dist = self._dists.get(name, (None, None))[0]
-                    raise PluginError(name, hookcaller.name, "implements a hook that Loom does not define", dist=dist)
+                if hookcaller.spec is not None:
+                    continue
+                if all(i.optionalhook for i in hookcaller.get_hookimpls() if i.plugin is plugin):
+                    continue
+                raise PluginError(name, hookcaller.name, f"implements a hook that Loom {__version__} does not define "
+                                  "(a typo? a hook of a newer Loom needs @hookimpl(optionalhook=True))",
+                                  dist=self.dist_of(name))
         for hook, kind in self._kinds.items():
             for impl in self._impls(hook):
                 register = self._registrar(kind, impl.plugin_name, hook)
@@ -142,18 +209,29 @@ class Plugins:
 
     def _call_impl(self, impl: pluggy.HookImpl, hook: str, kwargs: dict[str, Any]) -> Any:
         args = {a: kwargs[a] for a in impl.argnames}
-        if self.trace:
-            log.warning("loom hook %s -> %s(%s)", hook, impl.plugin_name, ", ".join(args))
+        call = f"{hook} {impl.plugin_name}({', '.join(args)})"
+        started = time.perf_counter()
         try:
-            return impl.function(**args)
-        except LoomError as err:
+            result = impl.function(**args)
+        except Exception as err:  # noqa: BLE001 - attribute every failure to its plugin
+            self._trace("hook", impl.plugin_name, started, f"{call} raised {type(err).__name__}: {err}")
             if isinstance(err, PluginError):
                 raise
-            raise PluginError(impl.plugin_name, hook, str(err), dist=self.dist_of(impl.plugin_name)) from err
-        except Exception as err:  # noqa: BLE001 - attribute every failure to its plugin
-            raise PluginError(
-                impl.plugin_name, hook, f"{type(err).__name__}: {err}", dist=self.dist_of(impl.plugin_name)
-            ) from err
+            message = str(err) if isinstance(err, LoomError) else f"{type(err).__name__}: {err}"
+            raise PluginError(impl.plugin_name, hook, message, dist=self.dist_of(impl.plugin_name)) from err
+        self._trace("hook", impl.plugin_name, started, f"{call} returned {_brief(result)}")
+        return result
+
+    def _trace(self, event: str, plugin: str, started: float | None, message: str) -> None:
+        """Log one trace record; ``started`` (a ``perf_counter`` reading) adds the duration since then."""
+        if not self.trace:
+            return
+        ms = None if started is None else (time.perf_counter() - started) * 1000
+        extra = {"loom_event": event, "loom_plugin": plugin, "loom_ms": ms}
+        if ms is None:
+            trace_log.info("%s", message, extra=extra)
+        else:
+            trace_log.info("%s in %.2f ms", message, ms, extra=extra)
 
     def call(self, hook: str, **kwargs: Any) -> list[Any]:
         """Call every implementation of a life-cycle hook; return their non-``None`` results.
@@ -190,6 +268,7 @@ class Plugins:
                 raise PluginError(plugin, hook, f"{kind.what} {name!r} is already registered by plugin {other!r}",
                                   dist=self.dist_of(plugin))
             kind.factories[key] = (factory, plugin)
+            self._trace("register", plugin, None, f"register {kind.what} {key!r} by {plugin}")
 
         return register
 
@@ -200,13 +279,16 @@ class Plugins:
             known = ", ".join(sorted(kind.factories)) or "none"
             raise NotFoundError(f"no {kind.what} plugin named {name!r} is loaded (available: {known})")
         factory, plugin = entry
+        started = time.perf_counter()
         try:
-            return factory(**kwargs)
+            made = factory(**kwargs)
         except LoomError:
             raise
         except Exception as err:  # noqa: BLE001
             raise PluginError(plugin, hook, f"{kind.what} {name!r} could not be created: "
                               f"{type(err).__name__}: {err}", dist=self.dist_of(plugin)) from err
+        self._trace("create", plugin, started, f"create {kind.what} {name!r} by {plugin}: {type(made).__name__}")
+        return made
 
     def names(self, hook: str) -> dict[str, str]:
         """Registered names of one kind, mapped to the plugin that registered each."""
@@ -221,13 +303,16 @@ class Plugins:
             known = ", ".join(f"{s}://" for s in sorted(kind.factories)) or "none"
             raise NotFoundError(f"no data-source plugin handles {scheme}:// URIs (available: {known})")
         factory, plugin = kind.factories[scheme.lower()]
+        started = time.perf_counter()
         try:
-            return factory(uri, base_dir=base_dir, options=dict(options or {}))
+            made = factory(uri, base_dir=base_dir, options=dict(options or {}))
         except LoomError:
             raise
         except Exception as err:  # noqa: BLE001
             raise PluginError(plugin, "loom_register_data_sources", f"data source {uri!r} could not be opened: "
                               f"{type(err).__name__}: {err}", dist=self.dist_of(plugin)) from err
+        self._trace("create", plugin, started, f"create data source {uri!r} by {plugin}: {type(made).__name__}")
+        return made
 
     def feature_store(self, name: str, *, state_dir: Any, options: dict[str, Any] | None = None) -> Any:
         return self._make("loom_register_feature_stores", name, state_dir=state_dir, options=dict(options or {}))
@@ -241,10 +326,15 @@ class Plugins:
     # -- introspection ---------------------------------------------------------------------------------------
 
     def dist_of(self, plugin: str) -> str | None:
+        """The distribution a plugin was installed from (``None`` for plugins registered by object or path)."""
         return self._dists.get(plugin, (None, None))[0]
 
     def info(self) -> list[PluginInfo]:
-        """Loaded plugins with their distribution, version and implemented hooks."""
+        """Loaded plugins with their distribution, version, implemented hooks and registered names."""
+        provides: dict[str, dict[str, list[str]]] = {}
+        for hook, kind in self._kinds.items():
+            for key, (_, plugin_name) in sorted(kind.factories.items()):
+                provides.setdefault(plugin_name, {}).setdefault(hook.removeprefix("loom_register_"), []).append(key)
         out = []
         for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda np: np[0]):
             if plugin is None:
@@ -252,7 +342,8 @@ class Plugins:
             hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or ()))
             dist, version = self._dists.get(name, (None, None))
             module = plugin.__name__ if inspect.ismodule(plugin) else type(plugin).__module__
-            out.append(PluginInfo(name=name, module=module, dist=dist, version=version, hooks=hooks))
+            out.append(PluginInfo(name=name, module=module, dist=dist, version=version, hooks=hooks,
+                                  provides=provides.get(name, {})))
         return out
 
 
