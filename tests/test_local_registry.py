@@ -66,7 +66,7 @@ def test_factory_is_registered_by_the_entry_point(reg: LocalRegistry, tmp_path: 
     db = tmp_path / "registry" / "registry.db"
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 1
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 2
 
 
 def test_options(tmp_path: Path) -> None:
@@ -86,67 +86,76 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         _open(tmp_path)
 
 
+def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    from loom_local_registry._db import _MIGRATIONS
+
+    db = tmp_path / "registry" / "registry.db"
+    db.parent.mkdir()
+    with sqlite3.connect(db) as conn:  # the schema as the first release wrote it, with one version in it
+        for statement in _MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1, 0)")
+        conn.execute("INSERT INTO models VALUES ('m', 0, 1)")
+        conn.execute("INSERT INTO versions VALUES ('m', 1, 0, '{}', '{\"auc\": 0.9}', '{}', '{}', 'old', '{}')")
+    reg = _open(tmp_path)
+    v = reg.get_version("m", 1)
+    assert (v.metrics, v.description, v.run_id) == ({"auc": 0.9}, "old", None)
+    run = reg.start_run("exp")
+    assert reg.register("m", {WEIGHTS: b"w"}, run_id=run.id).version == 2
+
+
+# -- artifact roots ---------------------------------------------------------------------------------------------
+
+
+def test_artifact_root_as_a_file_uri(tmp_path: Path) -> None:
+    reg = _open(tmp_path, artifact_root=(tmp_path / "shared blobs").as_uri())
+    reg.register("m", {WEIGHTS: b"w"})
+    assert reg.read_artifact("m", 1, WEIGHTS) == b"w"
+    assert len(_blob_files(tmp_path / "shared blobs" / "sha256")) == 1
+
+
+def test_artifact_root_on_an_fsspec_file_system(tmp_path: Path) -> None:
+    """``memory://`` has no pyarrow file system, so this goes through fsspec, as ``s3://`` without pyarrow's S3
+    support or any other fsspec protocol would."""
+    fsspec = pytest.importorskip("fsspec")
+    root = f"memory://loom-test-{tmp_path.name}"
+    reg = _open(tmp_path, artifact_root=root)
+    assert reg.artifact_root == root
+    data = bytes(range(256)) * 1000
+    reg.register("m", {WEIGHTS: data, "model.json": b"{}"}, alias="production")
+    run = reg.start_run("exp")
+    reg.log_artifact(run.id, "history.json", b"[]")
+    assert reg.read_artifact("m", 1, WEIGHTS) == data
+    assert reg.read_run_artifact(run.id, "history.json") == b"[]"
+    memory = fsspec.filesystem("memory")
+    digest = hashlib.sha256(data).hexdigest()
+    blob = f"/loom-test-{tmp_path.name}/sha256/{digest[:2]}/{digest}"
+    assert memory.cat_file(blob) == data
+    assert not [p for p in memory.find(f"/loom-test-{tmp_path.name}") if p.endswith(".tmp")]
+    memory.pipe_file(blob, b"tampered")
+    with pytest.raises(LoomError, match="corrupt"):
+        reg.read_artifact("m", 1, WEIGHTS)
+    memory.rm_file(blob)
+    with pytest.raises(LoomError, match="missing"):
+        reg.read_artifact("m", 1, WEIGHTS)
+
+
+def test_unknown_artifact_root_scheme_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nosuchfs://"):
+        _open(tmp_path, artifact_root="nosuchfs://bucket/x")
+
+
 # -- round trips ------------------------------------------------------------------------------------------------
 
 
-def test_register_and_get_round_trip(reg: LocalRegistry) -> None:
-    params = {"lr": 0.003, "layers": [64, 32], "nested": {"a": None, "b": True}}
-    lineage = {"data": {"uri": "csv://data.csv", "sha256": "ab" * 32}, "features": ["x", "y"]}
-    v = reg.register(
-        "churn", {WEIGHTS: b"\x00weights\xff", "config.json": b"{}"}, params=params, metrics={"auc": 0.91},
-        lineage=lineage, tags={"team": "growth"}, description="first", alias="production",
-    )
-    assert (v.name, v.version, v.aliases) == ("churn", 1, ("production",))
-    assert v.artifacts == ("config.json", WEIGHTS)
-    for ref in (1, "1", "production"):
-        assert reg.get_version("churn", ref) == v
-    got = reg.get_version("churn", 1)
-    assert (got.params, got.metrics, got.lineage, got.tags, got.description) == (
-        params, {"auc": 0.91}, lineage, {"team": "growth"}, "first")
-    assert reg.read_artifact("churn", 1, WEIGHTS) == b"\x00weights\xff"
-    assert reg.list_models() == ["churn"]
-
-
-def test_versions_are_consecutive_and_listed_ascending(reg: LocalRegistry, tmp_path: Path) -> None:
+def test_identical_content_is_stored_once(reg: LocalRegistry, tmp_path: Path) -> None:
     for i in range(3):
         reg.register("m", {WEIGHTS: b"same bytes"}, metrics={"i": i})
+    run = reg.start_run("exp")
+    reg.log_artifact(run.id, "copy.safetensors", b"same bytes")
     reg.register("a", {WEIGHTS: b"other"})
-    assert [v.version for v in reg.list_versions("m")] == [1, 2, 3]
-    assert [v.metrics["i"] for v in reg.list_versions("m")] == [0, 1, 2]
-    assert reg.list_models() == ["a", "m"]
-    assert len(_blob_files(tmp_path / "registry" / "artifacts")) == 2  # identical content stored once
-
-
-def test_aliases_move_and_are_deleted(reg: LocalRegistry) -> None:
-    reg.register("m", {WEIGHTS: b"1"}, alias="production")
-    reg.register("m", {WEIGHTS: b"2"}, alias="staging")
-    reg.set_alias("m", "production", 2)
-    assert reg.get_version("m", "production").version == 2
-    assert reg.get_version("m", 2).aliases == ("production", "staging")
-    assert reg.get_version("m", 1).aliases == ()
-    reg.register("m", {WEIGHTS: b"3"}, alias="production")  # registering with an alias moves it too
-    assert [v.aliases for v in reg.list_versions("m")] == [(), ("staging",), ("production",)]
-    reg.delete_alias("m", "staging")
-    with pytest.raises(NotFoundError, match=r"no alias 'staging' \(aliases: production -> 3\)"):
-        reg.get_version("m", "staging")
-
-
-def test_delete_version_removes_its_aliases_and_never_reuses_its_number(reg: LocalRegistry) -> None:
-    reg.register("m", {WEIGHTS: b"1"})
-    reg.register("m", {WEIGHTS: b"2"}, alias="production")
-    reg.delete_version("m", 2)
-    assert [v.version for v in reg.list_versions("m")] == [1]
-    with pytest.raises(NotFoundError, match="aliases: none"):
-        reg.get_version("m", "production")
-    assert reg.register("m", {WEIGHTS: b"3"}).version == 3
-
-
-def test_tags_and_description_can_change(reg: LocalRegistry) -> None:
-    reg.register("m", {WEIGHTS: b"1"}, tags={"a": "1"}, description="old")
-    reg.set_tags("m", 1, {"b": "2"})
-    reg.set_description("m", 1, "new")
-    v = reg.get_version("m", 1)
-    assert (v.tags, v.description) == ({"b": "2"}, "new")
+    assert len(_blob_files(tmp_path / "registry" / "artifacts")) == 2
 
 
 def test_not_found_errors_say_what_exists(reg: LocalRegistry) -> None:
@@ -188,12 +197,6 @@ def test_unsafe_names_are_rejected_before_anything_is_written(reg: LocalRegistry
         reg.set_alias("m", bad, 1)
     with pytest.raises(InvalidNameError):
         reg.read_artifact("m", 1, bad)
-
-
-def test_numeric_aliases_are_rejected(reg: LocalRegistry) -> None:
-    reg.register("m", {WEIGHTS: b"w"})
-    with pytest.raises(InvalidNameError, match="version number"):
-        reg.set_alias("m", "2", 1)
 
 
 @pytest.mark.parametrize("name", ["model.pkl", "model.PICKLE", "w.pt", "w.pth", "m.joblib", "c.ckpt", "w.bin"])

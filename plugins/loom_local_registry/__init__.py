@@ -1,14 +1,17 @@
-"""Loom's built-in model registry, ``local``: SQLite metadata plus a content-addressed artifact store.
+"""Loom's built-in model registry and experiment tracker, ``local``: SQLite metadata plus a content-addressed
+artifact store.
 
 Select it with ``registry: {kind: local}`` in ``loom.yaml`` (the default). Options:
 
 ``path``
     Directory holding ``registry.db``. Default: ``<state_dir>/registry``.
 ``artifact_root``
-    Directory holding artifact blobs. Default: ``<path>/artifacts``.
+    Where artifact blobs go: a directory, or a file system URI such as ``s3://bucket/loom`` or
+    ``file:///mnt/shared/loom`` (anything ``pyarrow.fs`` or ``fsspec`` opens), so that every node of a cluster
+    reads the same artifacts. Default: ``<path>/artifacts``.
 
-Relative paths are taken relative to the project's state directory. Both directories must be on a local file
-system (SQLite's WAL mode does not work over NFS/SMB); many processes on one machine may use them at once.
+Relative paths are taken relative to the project's state directory. ``path`` must be on a local file system
+(SQLite's WAL mode does not work over NFS/SMB); many processes on one machine may use it at once.
 
 This plugin uses only ``runtime``'s public API, exactly as a third-party registry would.
 """
@@ -38,6 +41,13 @@ def _path_option(options: dict[str, Any], key: str, default: Path, state_dir: Pa
     return state_dir / Path(value).expanduser()  # an absolute path replaces state_dir
 
 
+def _root_option(options: dict[str, Any], default: Path, state_dir: Path) -> str | Path:
+    value = options.get("artifact_root")
+    if isinstance(value, str) and "://" in value:
+        return value
+    return _path_option(options, "artifact_root", default, state_dir)
+
+
 def _create(*, state_dir: Path, options: dict[str, Any]) -> LocalRegistry:
     """Factory for ``registry.kind: local``; rejects unknown options so typos do not go unnoticed."""
     unknown = sorted(set(options) - set(_OPTIONS))
@@ -48,7 +58,7 @@ def _create(*, state_dir: Path, options: dict[str, Any]) -> LocalRegistry:
         )
     state_dir = Path(state_dir)
     path = _path_option(options, "path", state_dir / "registry", state_dir)
-    artifact_root = _path_option(options, "artifact_root", path / "artifacts", state_dir)
+    artifact_root = _root_option(options, path / "artifacts", state_dir)
     return LocalRegistry(path, artifact_root)
 
 

@@ -1,9 +1,10 @@
-"""Content-addressed, crash-safe blob storage for model artifacts.
+"""Content-addressed, crash-safe blob storage for model artifacts, on a local directory or any file system URI.
 
 Each blob lives at ``<root>/sha256/<first two hex digits>/<hex digest>``. Identical content is stored once, so
 re-registering unchanged weights costs nothing, and a blob's name is its checksum, so corruption is detectable
-on every read. Blobs are written to a temporary file in the destination directory, fsynced and renamed into
-place: a reader never sees a partial blob, and a crash leaves at most a stray ``.tmp`` file.
+on every read. Blobs are written to a temporary name next to their destination and renamed into place: a reader
+never sees a partial blob, and a crash leaves at most a stray ``.tmp`` file. On a local disk every step is
+fsynced; on an object store (``s3://``, ``gs://``, ...) the upload itself is what becomes visible atomically.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import hashlib
 import os
 import re
 import tempfile
+import uuid
 from contextlib import suppress
 from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
 
-from runtime import LoomError
+from runtime import ConfigError, LoomError
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 #: Blobs are immutable once written; read-only permissions guard against accidental edits in place.
@@ -41,18 +45,62 @@ def _makedirs_durable(path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+class Blobs(Protocol):
+    """What the registry needs from an artifact store."""
+
+    location: str
+
+    def put(self, data: bytes | bytearray | memoryview) -> str: ...
+
+    def read(self, digest: str, what: str) -> bytes: ...
+
+
+def _check_digest(digest: str) -> str:
+    """Refuse anything that is not a digest, so a tampered database cannot point reads outside the store."""
+    if not _DIGEST.match(digest):
+        raise LoomError(f"invalid artifact digest {digest!r} in the registry database (expected 64 hex digits)")
+    return digest
+
+
+def _verified(data: bytes, digest: str, where: str, what: str) -> bytes:
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != digest:
+        raise LoomError(
+            f"{what} is corrupt: {where} has sha256 {actual} but the registry recorded {digest}; restore the "
+            "file from a backup or register the model again"
+        )
+    return data
+
+
+def _missing(what: str, where: str) -> LoomError:
+    return LoomError(f"{what} is missing from the artifact store: expected {where}; restore it from a backup or "
+                     "register the model again")
+
+
+def open_blobs(root: str | os.PathLike[str]) -> Blobs:
+    """The blob store at ``root``: a local directory (a path or ``file://`` URI), or any other file system URI
+    that ``pyarrow.fs`` (``s3://``, ``gs://``, ``hdfs://``, ``abfs://``) or ``fsspec`` (``memory://``, ...)
+    understands, so every node of a cluster can share one store."""
+    text = os.fspath(root)
+    scheme = urlsplit(text).scheme if "://" in text else ""
+    if not scheme:
+        return BlobStore(Path(text))
+    if scheme == "file":
+        return BlobStore(Path(unquote(urlsplit(text).path)))
+    return FileSystemBlobStore(text)
+
+
 class BlobStore:
-    """SHA-256 addressed files under ``root``."""
+    """SHA-256 addressed files under a local directory ``root``, written durably (fsync, then rename)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.location = str(root)
         _makedirs_durable(root / "sha256")
 
     def path_of(self, digest: str) -> Path:
-        """Where the blob with this hex digest lives; refuses anything that is not a digest (so a tampered
-        database cannot point reads outside the store)."""
-        if not _DIGEST.match(digest):
-            raise LoomError(f"invalid artifact digest {digest!r} in the registry database (expected 64 hex digits)")
+        """Where the blob with this hex digest lives."""
+        _check_digest(digest)
         return self.root / "sha256" / digest[:2] / digest
 
     def put(self, data: bytes | bytearray | memoryview) -> str:
@@ -83,14 +131,69 @@ class BlobStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise LoomError(
-                f"{what} is missing from the artifact store: expected {path}; restore it from a backup or "
-                "register the model again"
-            ) from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != digest:
-            raise LoomError(
-                f"{what} is corrupt: {path} has sha256 {actual} but the registry recorded {digest}; restore the "
-                "file from a backup or register the model again"
-            )
-        return data
+            raise _missing(what, str(path)) from None
+        return _verified(data, digest, str(path), what)
+
+
+class FileSystemBlobStore:
+    """SHA-256 addressed objects under a file system URI, through ``pyarrow.fs`` (or ``fsspec`` for schemes
+    pyarrow lacks). A blob that exists with the right size is taken as stored; every read verifies the digest."""
+
+    def __init__(self, uri: str) -> None:
+        import pyarrow.fs as pafs
+
+        self.location = uri.rstrip("/")
+        try:
+            self._fs, root = pafs.FileSystem.from_uri(uri)
+        except ValueError:  # pyarrow.ArrowInvalid: a scheme pyarrow has no file system for
+            self._fs, root = self._fsspec(uri)
+        except OSError as err:
+            raise ConfigError(f"cannot open the artifact root {uri!r}: {err}") from None
+        self._root = root.rstrip("/")
+        self._fs.create_dir(f"{self._root}/sha256", recursive=True)
+
+    @staticmethod
+    def _fsspec(uri: str) -> tuple[object, str]:
+        import fsspec
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        try:
+            fs, root = fsspec.url_to_fs(uri)
+        except (ImportError, ValueError) as err:
+            raise ConfigError(f"no file system handles the artifact root {uri!r}: {err}") from None
+        return PyFileSystem(FSSpecHandler(fs)), root
+
+    def _key(self, digest: str) -> str:
+        _check_digest(digest)
+        return f"{self._root}/sha256/{digest[:2]}/{digest}"
+
+    def put(self, data: bytes | bytearray | memoryview) -> str:
+        from pyarrow.fs import FileType
+
+        digest = hashlib.sha256(data).hexdigest()
+        key = self._key(digest)
+        info = self._fs.get_file_info(key)
+        if info.type == FileType.File and info.size == len(data):
+            return digest
+        parent = key.rsplit("/", 1)[0]
+        self._fs.create_dir(parent, recursive=True)
+        tmp = f"{parent}/.{digest[:12]}-{uuid.uuid4().hex}.tmp"
+        try:
+            with self._fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self._fs.move(tmp, key)
+        except BaseException:
+            with suppress(OSError):
+                self._fs.delete_file(tmp)
+            raise
+        return digest
+
+    def read(self, digest: str, what: str) -> bytes:
+        key = self._key(digest)
+        where = f"{self.location}/sha256/{digest[:2]}/{digest}"
+        try:
+            with self._fs.open_input_stream(key) as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise _missing(what, where) from None
+        return _verified(data, digest, where, what)

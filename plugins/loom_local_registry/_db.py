@@ -50,6 +50,30 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX aliases_by_version ON aliases(name, version)",
     ),
+    (
+        # Experiment tracking. A NULL metric value is a NaN: SQLite stores NaN as NULL.
+        "ALTER TABLE versions ADD COLUMN run_id TEXT",
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            experiment TEXT NOT NULL,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'killed')),
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            params TEXT NOT NULL,
+            tags TEXT NOT NULL,
+            artifacts TEXT NOT NULL
+        )""",
+        "CREATE INDEX runs_by_experiment ON runs(experiment, started_at)",
+        """CREATE TABLE metrics (
+            run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            key TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            value REAL,
+            timestamp REAL NOT NULL
+        )""",
+        "CREATE INDEX metrics_by_run ON metrics(run_id, key, step)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
