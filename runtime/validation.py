@@ -30,15 +30,27 @@ Checks, each reported as one line naming the source and the column, with up to t
 * values below ``min`` or above ``max`` (``int`` and ``float`` columns);
 * values not in ``categories`` (``category`` columns).
 
-Row numbers in messages are 0-based positions in the frame that was checked. Values that fail a range or
-category check stay in the coerced frame; a caller that continues despite problems decides what to do with them.
-Everything is vectorised (no per-row Python), so a million rows take seconds at most.
+Row numbers in messages are 0-based positions in the data that was checked (across all batches). Values that
+fail a range or category check stay in the coerced frame of :func:`validate_frame`; a caller that continues despite
+problems decides what to do with them.
+
+Bad rows are never silently dropped. :func:`validate_batches` (what ``loom ingest`` uses) applies the project's
+policy: ``reject`` fails with every problem listed; ``quarantine`` writes the bad rows (their values as read, their
+0-based row number ``_loom_row`` and the reasons ``_loom_problems``) to a CSV file and continues with the others,
+unless more than ``max_fraction`` of the rows are bad. Problems with a whole column (missing, duplicated, entirely
+null) cannot be quarantined and always fail.
+
+Everything is vectorised (no per-row Python), so a million rows take seconds at most, and data is checked one
+batch at a time, so a large source is never held twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -80,6 +92,9 @@ class ValidationReport:
     """One line per problem; empty when the data is valid."""
     bad_rows: int
     """Rows with at least one problem."""
+    quarantined: int = 0
+    """Bad rows written to :attr:`quarantine_file` instead of being kept in :attr:`frame`."""
+    quarantine_file: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -189,56 +204,121 @@ def _show(value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def _problem(
-    source: str, column: str, what: str, mask: np.ndarray, values: pd.Series | None, noun: str = "value"
-) -> str:
-    """``source: column 'x': N <noun>(s) <what> (e.g. row 3: 'a', row 9: 'b')``; rows only when no ``values``."""
-    n = int(mask.sum())
-    rows = np.flatnonzero(mask)[:_EXAMPLES]
-    if values is None:
-        examples = ", ".join(f"row {r}" for r in rows)
-    else:
-        examples = ", ".join(f"row {r}: {_show(v)}" for r, v in zip(rows, values.iloc[rows].tolist()))
-    return f"{source}: column {column!r}: {n} {noun}{'s' if n != 1 else ''} {what} (e.g. {examples})"
+@dataclass
+class _Tally:
+    """One kind of row problem in one column, counted over every batch, with the first few examples."""
+
+    column: str
+    what: str
+    noun: str
+    show_values: bool
+    count: int = 0
+    examples: list[tuple[int, object]] = field(default_factory=list)
+
+    def add(self, mask: np.ndarray, values: pd.Series, offset: int) -> None:
+        self.count += int(mask.sum())
+        room = _EXAMPLES - len(self.examples)
+        if room > 0:
+            rows = np.flatnonzero(mask)[:room]
+            shown = values.iloc[rows].tolist() if self.show_values else [None] * len(rows)
+            self.examples += [(int(r) + offset, v) for r, v in zip(rows, shown)]
+
+    def line(self, source: str) -> str:
+        """``source: column 'x': N <noun>(s) <what> (e.g. row 3: 'a', row 9: 'b')``."""
+        if self.show_values:
+            examples = ", ".join(f"row {r}: {_show(v)}" for r, v in self.examples)
+        else:
+            examples = ", ".join(f"row {r}" for r, _ in self.examples)
+        plural = "s" if self.count != 1 else ""
+        return f"{source}: column {self.column!r}: {self.count} {self.noun}{plural} {self.what} (e.g. {examples})"
 
 
-def _check_column(
-    raw: pd.Series, spec: ColumnSpec, name: str, source: str
-) -> tuple[pd.Series, list[str], np.ndarray]:
-    """Coerce one column and check it; return (coerced, problems, bad-row mask)."""
+_Check = tuple[str, str, np.ndarray, pd.Series, bool]  # (what, noun, mask, values, show values)
+
+
+def _check_column(raw: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, np.ndarray, list[_Check]]:
+    """Coerce one column; return (coerced, missing mask, row checks). Nulls in a non-nullable column come first
+    after uncoercible values, so that messages keep one order: coercion, nulls, min, max, categories."""
     s = _normalise(raw)
     coerced = _COERCE[spec.type](s)
     missing = s.isna().to_numpy()
-    problems: list[str] = []
-
-    uncoercible = ~missing & coerced.isna().to_numpy()
-    if uncoercible.any():
-        problems.append(_problem(source, name, f"cannot be coerced to {spec.type}", uncoercible, raw))
-
-    nulls = missing if not spec.nullable else np.zeros_like(missing)
-    if len(missing) and missing.all():
-        problems.append(f"{source}: column {name!r} is entirely null")
-    elif nulls.any():
-        problems.append(_problem(source, name, "in a non-nullable column", nulls, None, noun="null value"))
-
-    checks: list[tuple[pd.Series, str]] = []
+    checks: list[_Check] = [
+        (f"cannot be coerced to {spec.type}", "value", ~missing & coerced.isna().to_numpy(), raw, True),
+        ("in a non-nullable column", "null value", missing if not spec.nullable else np.zeros_like(missing), raw,
+         False),
+    ]
     if spec.type in ("int", "float") and spec.min is not None:
-        checks.append((coerced < spec.min, f"below min {_number(spec.min)}"))
+        checks.append((f"below min {_number(spec.min)}", "value", _bools(coerced < spec.min), coerced, True))
     if spec.type in ("int", "float") and spec.max is not None:
-        checks.append((coerced > spec.max, f"above max {_number(spec.max)}"))
+        checks.append((f"above max {_number(spec.max)}", "value", _bools(coerced > spec.max), coerced, True))
     if spec.type == "category" and spec.categories is not None:
-        checks.append((coerced.notna() & ~coerced.isin(spec.categories), f"not in categories {spec.categories}"))
-
-    bad = uncoercible | nulls
-    for condition, what in checks:
-        mask = _bools(condition)
-        if mask.any():
-            problems.append(_problem(source, name, what, mask, coerced))
-            bad |= mask
-    return coerced, problems, bad
+        outside = _bools(coerced.notna() & ~coerced.isin(spec.categories))
+        checks.append((f"not in categories {spec.categories}", "value", outside, coerced, True))
+    return coerced, missing, checks
 
 
-# -- public API ----------------------------------------------------------------------------------------------
+# -- validating batch by batch ---------------------------------------------------------------------------------
+
+
+class _Validator:
+    """Coerces batches to the declared columns and tallies problems across them (row numbers continue)."""
+
+    def __init__(self, columns: Mapping[str, ColumnSpec], source: str) -> None:
+        self.columns = dict(columns)
+        self.source = source
+        self.rows = 0
+        self.bad_rows = 0
+        self.column_problems: dict[str, str] = {}
+        self.tallies: dict[tuple[str, str], _Tally] = {}
+        self.seen_value = dict.fromkeys(self.columns, False)
+
+    def add(self, df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """Coerce one batch; return (coerced frame with a fresh RangeIndex, bad-row mask, per-row reasons)."""
+        df = df.reset_index(drop=True)
+        n = len(df)
+        bad = np.zeros(n, dtype=bool)
+        reasons = np.full(n, "", dtype=object)
+        out: dict[str, pd.Series] = {}
+        for name, spec in self.columns.items():
+            copies = int((df.columns == name).sum())
+            if copies != 1:
+                self.column_problems.setdefault(
+                    name, f"{self.source}: column {name!r} " + ("is missing" if not copies else f"appears {copies} times"))
+                self.seen_value[name] = True  # the column is already reported; "entirely null" would repeat it
+                out[name] = _all_missing(df.index, DTYPES[spec.type])
+                continue
+            out[name], missing, checks = _check_column(df[name], spec)
+            self.seen_value[name] = self.seen_value[name] or not missing.all()
+            for what, noun, mask, values, show in checks:
+                if mask.any():
+                    key = (name, what)
+                    if key not in self.tallies:
+                        self.tallies[key] = _Tally(name, what, noun, show)
+                    self.tallies[key].add(mask, values, self.rows)
+                    bad |= mask
+                    reasons[mask] = reasons[mask] + f"; {name}: {noun} {what}"
+        self.rows += n
+        self.bad_rows += int(bad.sum())
+        return pd.DataFrame(out, index=df.index), bad, reasons
+
+    def whole_column_problems(self) -> dict[str, str]:
+        """Problems with a whole column (missing, duplicated, entirely null), by column."""
+        out = dict(self.column_problems)
+        for name, seen in self.seen_value.items():
+            if self.rows and not seen:
+                out[name] = f"{self.source}: column {name!r} is entirely null"
+        return out
+
+    def problems(self) -> list[str]:
+        """Every problem in declared column order: a whole-column one, else its row problems by kind."""
+        whole = self.whole_column_problems()
+        lines = []
+        for name in self.columns:
+            if name in whole:
+                lines.append(whole[name])  # an entirely null column's non-nullable nulls are the same news
+            else:
+                lines += [t.line(self.source) for (col, _), t in self.tallies.items() if col == name]
+        return lines
 
 
 def coerce_frame(
@@ -250,20 +330,9 @@ def coerce_frame(
         RangeIndex; a missing column is all-null), one line per problem, and a boolean Series marking the rows
         with at least one problem.
     """
-    df = df.reset_index(drop=True)
-    bad = np.zeros(len(df), dtype=bool)
-    problems: list[str] = []
-    out: dict[str, pd.Series] = {}
-    for name, spec in columns.items():
-        copies = int((df.columns == name).sum())
-        if copies != 1:
-            problems.append(f"{source}: column {name!r} " + ("is missing" if not copies else f"appears {copies} times"))
-            out[name] = _all_missing(df.index, DTYPES[spec.type])
-            continue
-        out[name], col_problems, col_bad = _check_column(df[name], spec, name, source)
-        problems += col_problems
-        bad |= col_bad
-    return pd.DataFrame(out, index=df.index), problems, pd.Series(bad, index=df.index)
+    validator = _Validator(columns, source)
+    frame, bad, _ = validator.add(df)
+    return frame, validator.problems(), pd.Series(bad, index=frame.index)
 
 
 def validate_frame(
@@ -278,3 +347,60 @@ def validate_frame(
     if problems and raise_on_error:
         raise DataValidationError(source, problems)
     return ValidationReport(source=source, rows=len(frame), frame=frame, problems=problems, bad_rows=int(bad.sum()))
+
+
+def validate_batches(
+    batches: Iterable[pd.DataFrame],
+    columns: Mapping[str, ColumnSpec],
+    *,
+    source: str,
+    policy: Literal["reject", "quarantine"] = "reject",
+    quarantine_dir: Path | None = None,
+    max_fraction: float = 1.0,
+) -> ValidationReport:
+    """Validate a source batch by batch and apply the bad-row ``policy`` (see the module docstring).
+
+    :param batches: the source's batches (``DataSource.iter_batches``); each is coerced, then released.
+    :param quarantine_dir: where ``quarantine`` writes ``quarantine-<UTC time>.csv`` (created when needed).
+    :param max_fraction: with ``quarantine``, fail when more than this fraction of rows is bad.
+    :return: a report whose ``frame`` holds the good rows only; ``quarantined`` counts the others.
+    :raises DataValidationError: with ``reject`` on any problem; with ``quarantine`` on a whole-column problem or
+        too many bad rows. The message lists every problem and how many rows are bad.
+    """
+    if policy == "quarantine" and quarantine_dir is None:
+        raise ValueError("the quarantine policy needs a quarantine_dir")
+    validator = _Validator(columns, source)
+    good: list[pd.DataFrame] = []
+    file = quarantine_dir / f"quarantine-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.csv" if quarantine_dir else None
+    written = 0
+    for batch in batches:
+        offset = validator.rows
+        frame, bad, reasons = validator.add(batch)
+        if policy == "reject" or not bad.any():
+            good.append(frame)
+            continue
+        good.append(frame[~bad].reset_index(drop=True))
+        assert file is not None
+        file.parent.mkdir(parents=True, exist_ok=True)
+        raw = batch.reset_index(drop=True)
+        rows = raw.loc[bad, ~raw.columns.duplicated()].reindex(columns=list(columns))
+        rows.insert(0, "_loom_row", np.flatnonzero(bad) + offset)
+        rows["_loom_problems"] = [r[2:] for r in reasons[bad]]
+        rows.to_csv(file, mode="a", header=written == 0, index=False)
+        written += len(rows)
+
+    problems = validator.problems()
+    summary = f"{source}: {validator.bad_rows} of {validator.rows} rows have problems"
+    if policy == "reject" and problems:
+        raise DataValidationError(source, [*problems, summary])
+    where = f" (bad rows kept in {file})" if written else ""
+    if validator.whole_column_problems():
+        raise DataValidationError(source, [*problems, summary + where])
+    if validator.rows and validator.bad_rows / validator.rows > max_fraction:
+        raise DataValidationError(source, [*problems, f"{summary}, more than max_fraction {max_fraction:g}{where}"])
+    if not good:
+        frame = pd.DataFrame({name: _all_missing(pd.RangeIndex(0), DTYPES[spec.type]) for name, spec in columns.items()})
+    else:
+        frame = pd.concat(good, ignore_index=True) if len(good) > 1 else good[0]
+    return ValidationReport(source=source, rows=validator.rows, frame=frame, problems=problems,
+                            bad_rows=validator.bad_rows, quarantined=written, quarantine_file=file if written else None)

@@ -31,7 +31,9 @@ def write_csv(path: Path, text: str) -> Path:
 
 
 def test_schemes_are_registered_by_the_files_entry_point(plugins: Plugins) -> None:
-    assert plugins.names("loom_register_data_sources") == {"csv": "files", "parquet": "files", "file": "files"}
+    names = plugins.names("loom_register_data_sources")
+    assert set(names.values()) == {"files"}
+    assert {"csv", "parquet", "file", "memory", "s3", "gs", "abfs", "hdfs"} <= set(names)
 
 
 def test_csv_file_relative_to_base_dir_keeps_ids_exact(plugins: Plugins, tmp_path: Path) -> None:
@@ -150,3 +152,70 @@ def test_streaming_a_type_change_after_the_first_block_is_a_validation_error(plu
     assert source.read()["n"].iloc[-1] == 3.5  # reading the whole file infers over all of it
     with pytest.raises(DataValidationError, match="x.csv"):
         list(source.iter_batches())
+
+
+# -- pyarrow.fs / fsspec filesystems ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def memfs():
+    """fsspec's in-memory filesystem, emptied after each test (it is process-global)."""
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    yield fs
+    fs.rm("/", recursive=True)
+
+
+def test_file_uri_with_an_absolute_path(plugins: Plugins, tmp_path: Path) -> None:
+    write_csv(tmp_path / "x.csv", "id\n7\n")
+    assert open_source(plugins, f"file://{tmp_path}/x.csv", Path("/elsewhere")).read()["id"].tolist() == [7]
+
+
+def test_memory_uris_read_files_dirs_and_globs(plugins: Plugins, memfs) -> None:
+    memfs.pipe("/lake/a.csv", b"id,x\n1,10\n")
+    memfs.pipe("/lake/b.csv", b"id,x\n2,20\n")
+    memfs.pipe("/lake/.hidden.csv", b"id,x\n9,90\n")
+    memfs.pipe("/lake/deep/c.csv", b"id,x\n3,30\n")
+    assert open_source(plugins, "memory://lake/a.csv", Path("/")).read()["id"].tolist() == [1]
+    assert open_source(plugins, "memory://lake", Path("/")).read()["id"].tolist() == [1, 2]  # not recursive
+    assert open_source(plugins, "memory://lake/*.csv", Path("/")).read()["id"].tolist() == [1, 2]
+    assert open_source(plugins, "memory://lake/**/*.csv", Path("/")).read()["id"].tolist() == [1, 2, 3]
+    with pytest.raises(NotFoundError, match="memory://lake/nothing"):
+        open_source(plugins, "memory://lake/nothing*", Path("/"))
+
+
+def test_memory_parquet_streams_and_fingerprints_like_local_files(plugins: Plugins, memfs, tmp_path: Path) -> None:
+    table = pa.table({"id": list(range(50)), "v": [i / 3 for i in range(50)]})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=8)
+    memfs.pipe("/t.parquet", (tmp_path / "t.parquet").read_bytes())
+    remote = open_source(plugins, "memory://t.parquet", Path("/"))
+    assert [len(b) for b in remote.iter_batches(batch_size=20)] == [20, 20, 10]
+    pd.testing.assert_frame_equal(remote.read(), open_source(plugins, "parquet://t.parquet", tmp_path).read())
+    assert remote.fingerprint() == open_source(plugins, "parquet://t.parquet", tmp_path).fingerprint()
+    memfs.pipe("/t.parquet", b"PAR1 not really")
+    with pytest.raises(DataValidationError, match="t.parquet"):
+        open_source(plugins, "memory://t.parquet", Path("/")).read()
+
+
+def test_format_option_for_suffixless_files_and_storage_options(plugins: Plugins, memfs) -> None:
+    memfs.pipe("/export/part-0", b"id;x\n1;a\n")
+    with pytest.raises(ConfigError, match="format option"):
+        open_source(plugins, "memory://export/part-0", Path("/"))
+    df = open_source(plugins, "memory://export/part-0", Path("/"), format="csv", delimiter=";",
+                     storage_options={}).read()
+    assert df.to_dict("list") == {"id": [1], "x": ["a"]}
+    with pytest.raises(ConfigError, match="format"):
+        open_source(plugins, "memory://export/part-0", Path("/"), format="json")
+    with pytest.raises(ConfigError, match="storage_options"):
+        open_source(plugins, "memory://export/part-0", Path("/"), format="csv", storage_options="key=1")
+
+
+def test_a_missing_fsspec_implementation_is_a_config_error(plugins: Plugins) -> None:
+    pytest.importorskip("fsspec")
+    try:
+        import sshfs  # noqa: F401
+        pytest.skip("sshfs is installed")
+    except ImportError:
+        pass
+    with pytest.raises(ConfigError, match="sftp://"):
+        open_source(plugins, "sftp://host/data.csv", Path("/"))

@@ -1,23 +1,33 @@
-"""Loom's file data sources: ``csv://``, ``parquet://`` and ``file://`` (format from the file suffix).
+"""Loom's file data sources: CSV and Parquet on local disk or any ``pyarrow.fs`` / ``fsspec`` filesystem.
 
 A first-party plugin that uses only the public ``runtime`` API, exactly as a third-party plugin would.
 
-The path after ``scheme://`` is a single file, a directory (every file of the format directly inside it,
-sorted by name) or a glob (``data/2025-*.csv``, ``**`` recurses); a relative path is resolved against the project
-directory. Files are matched once, when the source is opened, so ``read``, ``iter_batches`` and ``fingerprint``
-all describe the same files.
+Schemes: ``csv://`` and ``parquet://`` name the format of local files; ``file://`` (and a bare path) infers it from
+the suffix. Remote and virtual filesystems use their own URI schemes (``s3://``, ``gs://``, ``abfs://``,
+``hdfs://``, ``memory://``, ``http(s)://``, ...) with the format inferred from the suffix or set by the ``format``
+option. ``s3``, ``gs``, ``abfs`` and ``hdfs`` use pyarrow's native (C++) filesystems; the rest, or any of them
+given ``storage_options``, go through ``fsspec`` (install its package for the scheme, e.g. ``s3fs``).
+
+The path is a single file, a directory (every file of the format directly inside it, sorted by name) or a glob
+(``data/2025-*.csv``; ``**`` recurses); a relative local path is resolved against the project directory; hidden
+files (``.name``) are skipped. Files are matched once, when the source is opened, so ``read``, ``iter_batches`` and
+``fingerprint`` all describe the same files.
 
 Columns come back with the types pyarrow infers; validation coerces them to the declared schema. Integer
 columns become pandas ``Int64`` so that ids stay exact even when a column has nulls. Empty CSV fields are nulls.
 
 Options (``data.options`` in ``loom.yaml``): CSV takes ``delimiter`` (default ``","``) and ``encoding`` (default
-``"utf-8"``); parquet takes none.
+``"utf-8"``); parquet takes none. Schemes that do not name a format take ``format`` (``csv`` or ``parquet``);
+remote ones take ``storage_options`` (a mapping handed to the ``fsspec`` filesystem: credentials, endpoint, ...).
 """
 
 from __future__ import annotations
 
 import codecs
-import glob
+import hashlib
+import os
+import posixpath
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,9 +37,10 @@ from typing import Any, Callable, Literal
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from runtime import ConfigError, DataValidationError, NotFoundError, hash_files, hookimpl, resolve_path, split_uri
+from runtime import ConfigError, DataValidationError, LoomError, NotFoundError, hookimpl, resolve_path, split_uri
 
 Format = Literal["csv", "parquet"]
 
@@ -37,6 +48,13 @@ Format = Literal["csv", "parquet"]
 SUFFIXES: dict[Format, tuple[str, ...]] = {"csv": (".csv",), "parquet": (".parquet", ".pq")}
 #: Options each format accepts, with their defaults.
 OPTIONS: dict[Format, dict[str, str]] = {"csv": {"delimiter": ",", "encoding": "utf-8"}, "parquet": {}}
+#: Local schemes: the format each one fixes (``None``: inferred from suffixes or the ``format`` option).
+LOCAL_SCHEMES: dict[str, Format | None] = {"csv": "csv", "parquet": "parquet", "file": None}
+#: Remote and virtual filesystem schemes registered by this plugin.
+REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "hdfs", "webhdfs", "sftp", "http", "https",
+                  "memory")
+#: Schemes pyarrow opens natively (faster than through fsspec) when no ``storage_options`` are given.
+_NATIVE = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs")
 
 
 def _to_pandas(table: pa.Table | pa.RecordBatch) -> pd.DataFrame:
@@ -62,11 +80,12 @@ def _rebatch(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]
 
 @dataclass(frozen=True)
 class FileSource:
-    """A table stored in one or more CSV or parquet files (a :class:`runtime.DataSource`)."""
+    """A table stored in one or more CSV or parquet files on one filesystem (a :class:`runtime.DataSource`)."""
 
     uri: str
     format: Format
-    paths: tuple[Path, ...]
+    paths: tuple[str, ...]
+    filesystem: pafs.FileSystem
     options: dict[str, str] = field(default_factory=dict)
 
     def read(self) -> pd.DataFrame:
@@ -91,13 +110,21 @@ class FileSource:
                     yield _to_pandas(table)
 
     def fingerprint(self) -> str:
-        """SHA-256 of the matched files' names and bytes: changes when any byte does."""
-        return hash_files(list(self.paths))
+        """SHA-256 of the matched files' names and bytes, as ``sha256:<hex>``: changes when any byte does, and is
+        the same for the same files on any filesystem."""
+        h = hashlib.sha256()
+        for path in sorted(self.paths):
+            h.update(posixpath.basename(path).encode())
+            h.update(b"\0")
+            with self.filesystem.open_input_stream(path) as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        return "sha256:" + h.hexdigest()
 
     # -- format-specific reading ---------------------------------------------------------------------------
 
     @contextmanager
-    def _reading(self, path: Path) -> Iterator[None]:
+    def _reading(self, path: str) -> Iterator[None]:
         """Report a file pyarrow cannot parse as a data problem naming the source and the file."""
         try:
             yield
@@ -112,40 +139,89 @@ class FileSource:
             pacsv.ConvertOptions(strings_can_be_null=True),
         )
 
-    def _read_table(self, path: Path) -> pa.Table:
+    def _read_table(self, path: str) -> pa.Table:
         if self.format == "parquet":
-            return pq.read_table(path)
+            return pq.read_table(path, filesystem=self.filesystem)
         read, parse, convert = self._csv_options()
-        return pacsv.read_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+        with self.filesystem.open_input_stream(path) as stream:
+            return pacsv.read_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
 
-    def _stream(self, path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
+    def _stream(self, path: str, batch_size: int) -> Iterator[pa.RecordBatch]:
         if self.format == "parquet":
-            with pq.ParquetFile(path) as file:
+            with self.filesystem.open_input_file(path) as raw, pq.ParquetFile(raw) as file:
                 yield from file.iter_batches(batch_size=batch_size)
             return
         read, parse, convert = self._csv_options()
-        with pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert) as reader:
+        with self.filesystem.open_input_stream(path) as stream, pacsv.open_csv(
+            stream, read_options=read, parse_options=parse, convert_options=convert
+        ) as reader:
             yield from reader
 
 
 # -- opening a URI -----------------------------------------------------------------------------------------------
 
 
-def _match(pattern: Path, suffixes: tuple[str, ...]) -> list[Path]:
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A glob as a regex over whole paths: ``*`` and ``?`` stay within a path segment, ``**`` spans segments."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out))
+
+
+def _visible(path: str) -> bool:
+    return not posixpath.basename(path).startswith(".")
+
+
+def _match(fs: pafs.FileSystem, pattern: str, suffixes: tuple[str, ...]) -> list[str]:
     """Files named by ``pattern``: the file itself, a directory's files with ``suffixes``, or a glob's files."""
-    if any(c in str(pattern) for c in "*?["):
-        return sorted(p for p in map(Path, glob.glob(str(pattern), recursive=True)) if p.is_file())
-    if pattern.is_dir():
-        return sorted(p for p in pattern.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
-    return [pattern] if pattern.is_file() else []
+    files = pafs.FileType.File
+    if not any(c in pattern for c in "*?["):
+        info = fs.get_file_info(pattern)
+        if info.type == files:
+            return [pattern]
+        if info.type != pafs.FileType.Directory:
+            return []
+        listing = fs.get_file_info(pafs.FileSelector(pattern))
+        return sorted(i.path for i in listing if i.type == files and _visible(i.path)
+                      and posixpath.splitext(i.path)[1].lower() in suffixes)
+    parts = pattern.split("/")
+    first = next(n for n, part in enumerate(parts) if any(c in part for c in "*?["))
+    base = "/".join(parts[:first]) or ("/" if pattern.startswith("/") else ".")
+    recursive = "**" in pattern or first < len(parts) - 1
+    listing = fs.get_file_info(pafs.FileSelector(base, recursive=recursive, allow_not_found=True))
+    regex = _glob_regex(pattern)
+    return sorted(i.path for i in listing if i.type == files and _visible(i.path) and regex.fullmatch(i.path))
 
 
-def _format_of(path: Path) -> Format:
+def _format_of(path: str) -> Format:
+    suffix = posixpath.splitext(path)[1].lower()
     for fmt, suffixes in SUFFIXES.items():
-        if path.suffix.lower() in suffixes:
+        if suffix in suffixes:
             return fmt
     known = ", ".join(s for ss in SUFFIXES.values() for s in ss)
-    raise ConfigError(f"cannot tell the format of {path} from its suffix (known: {known}); use csv:// or parquet://")
+    raise ConfigError(f"cannot tell the format of {path} from its suffix (known: {known}); use csv:// or "
+                      "parquet://, or the format option")
 
 
 def _check_options(uri: str, fmt: Format, options: dict[str, Any]) -> dict[str, str]:
@@ -167,32 +243,71 @@ def _check_options(uri: str, fmt: Format, options: dict[str, Any]) -> dict[str, 
     return dict(options)
 
 
-def _open_source(uri: str, fmt: Format | None, *, base_dir: Path, options: dict[str, Any]) -> FileSource:
-    """Match the files ``uri`` names and check ``options``; ``fmt=None`` infers the format from the suffixes."""
-    pattern = resolve_path(split_uri(uri)[1], Path(base_dir))
+def _remote_filesystem(uri: str, storage_options: dict[str, Any]) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and in-filesystem path of a remote URI: pyarrow's own when it has one, else fsspec's."""
+    scheme = split_uri(uri)[0]
+    if scheme in _NATIVE and not storage_options:
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # this pyarrow build lacks it: fsspec may have it
+        except OSError as err:
+            raise LoomError(f"data source {uri}: cannot open its filesystem: {err}") from None
+    try:
+        import fsspec
+    except ImportError:
+        raise ConfigError(f"data source {uri}: {scheme}:// needs the fsspec package") from None
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+    except ImportError as err:
+        raise ConfigError(f"data source {uri}: {scheme}:// needs a package fsspec names: {err}") from None
+    except (ValueError, TypeError, OSError) as err:
+        raise LoomError(f"data source {uri}: cannot open its filesystem: {err}") from None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def _open_source(uri: str, scheme: str, *, base_dir: Path, options: dict[str, Any]) -> FileSource:
+    """Match the files ``uri`` names and check ``options``; the format comes from the scheme, the ``format``
+    option or the files' suffixes."""
+    options = dict(options)
+    fmt = LOCAL_SCHEMES.get(scheme)
+    if fmt is None and "format" in options:
+        fmt = options.pop("format")
+        if fmt not in SUFFIXES:
+            raise ConfigError(f"data source {uri}: option 'format' must be csv or parquet, got {fmt!r}")
+    storage = options.pop("storage_options", {}) if scheme in REMOTE_SCHEMES else {}
+    if not isinstance(storage, dict):
+        raise ConfigError(f"data source {uri}: option 'storage_options' must be a mapping, got {storage!r}")
+    if scheme in LOCAL_SCHEMES:
+        filesystem: pafs.FileSystem = pafs.LocalFileSystem()
+        pattern = shown = os.path.abspath(resolve_path(split_uri(uri)[1], Path(base_dir)))
+    else:
+        filesystem, pattern = _remote_filesystem(uri, storage)
+        shown = uri
     suffixes = SUFFIXES[fmt] if fmt else tuple(s for ss in SUFFIXES.values() for s in ss)
-    paths = _match(pattern, suffixes)
+    paths = _match(filesystem, pattern, suffixes)
     if not paths:
         what = f"{fmt} files" if fmt else "csv or parquet files"
-        raise NotFoundError(f"data source {uri}: no {what} match {pattern}")
+        raise NotFoundError(f"data source {uri}: no {what} match {shown}")
     if fmt is None:
         formats = {_format_of(p) for p in paths}
         if len(formats) > 1:
             raise ConfigError(f"data source {uri} matches both csv and parquet files; name one format")
         fmt = formats.pop()
-    return FileSource(uri=uri, format=fmt, paths=tuple(paths), options=_check_options(uri, fmt, options))
+    return FileSource(uri=uri, format=fmt, paths=tuple(paths), filesystem=filesystem,
+                      options=_check_options(uri, fmt, options))
 
 
-def _factory(fmt: Format | None) -> Callable[..., FileSource]:
+def _factory(scheme: str) -> Callable[..., FileSource]:
     def factory(uri: str, *, base_dir: Path, options: dict[str, Any]) -> FileSource:
-        return _open_source(uri, fmt, base_dir=base_dir, options=options)
+        return _open_source(uri, scheme, base_dir=base_dir, options=options)
 
     return factory
 
 
 @hookimpl
 def loom_register_data_sources(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    """``csv://`` and ``parquet://`` name their format; ``file://`` (and a bare path) infers it from suffixes."""
-    register("csv", _factory("csv"))
-    register("parquet", _factory("parquet"))
-    register("file", _factory(None))
+    """``csv://`` and ``parquet://`` name their format; ``file://`` (and a bare path) and the remote schemes
+    infer it from suffixes or take the ``format`` option."""
+    for scheme in (*LOCAL_SCHEMES, *REMOTE_SCHEMES):
+        register(scheme, _factory(scheme))
