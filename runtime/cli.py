@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ._version import __version__
+from .cli_plugin import plugin_group
 from .config import Project, load_project
 from .errors import LoomError
 
@@ -171,9 +172,10 @@ def plugins(as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps([asdict(i) for i in infos]))
         return
-    table = Table("plugin", "module", "distribution", "version", "hooks")
+    table = Table("plugin", "module", "distribution", "version", "hooks", "provides")
     for i in infos:
-        table.add_row(i.name, i.module, i.dist or "-", i.version or "-", "\n".join(i.hooks) or "-")
+        provides = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in i.provides.items())
+        table.add_row(i.name, i.module, i.dist or "-", i.version or "-", "\n".join(i.hooks) or "-", provides or "-")
     out.print(table)
 
 
@@ -206,6 +208,7 @@ def monitor(model: str, url: str, as_json: bool) -> None:
 
 
 # Command groups of each area live in their own modules and are attached here.
+cli.add_command(plugin_group)
 
 
 def main() -> None:
