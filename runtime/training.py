@@ -8,6 +8,7 @@ Ray, so it can be checked on a GPU machine on its own. :func:`train_loop_per_wor
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -23,6 +24,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .model import import_architecture
+
+log = logging.getLogger("loom.training")
 
 CKPT_WEIGHTS = "model.safetensors"
 CKPT_HISTORY = "history.json"
@@ -209,11 +212,15 @@ def run_training(
     def pump() -> None:
         while not done.is_set() or (queue is not None and not queue.empty()):
             try:
-                on_epoch(queue.get(timeout=0.2))
+                metrics = queue.get(timeout=0.2)
             except Empty:
                 continue
             except Exception:  # noqa: BLE001 - the queue actor goes away at shutdown
                 return
+            try:
+                on_epoch(metrics)
+            except Exception:  # noqa: BLE001 - a display callback must not stop training
+                log.exception("progress callback failed")
 
     trainer = TorchTrainer(
         train_loop_per_worker,
