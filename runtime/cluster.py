@@ -10,8 +10,8 @@ from typing import Any
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[str, Any]:
     """Connect this process to Ray once; return the cluster's resources.
 
-    With no address (and no ``RAY_ADDRESS``) Loom starts an embedded single-node cluster bound to 127.0.0.1 with no
-    dashboard. Its logical CPU count is at least 4: logical CPUs are scheduling slots, and two training workers plus
+    With no address (and no ``RAY_ADDRESS``) Loom starts an embedded single-node cluster bound to 127.0.0.1, its
+    dashboard on loopback too. Its logical CPU count is at least 4: logical CPUs are scheduling slots, and two training workers plus
     a serving replica must fit on a 2-core laptop.
     """
     import ray
@@ -32,3 +32,16 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
             ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=True,
                      dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **common)
     return dict(ray.cluster_resources())
+
+
+def project_runtime_env(project: Any) -> dict[str, Any]:
+    """The runtime environment Loom gives its Ray Train workers and Serve replicas.
+
+    The project directory goes on ``PYTHONPATH`` so that modules it holds (a custom architecture, the plugins named
+    in ``loom.yaml``'s ``plugins:``) import on every worker, and the resolved state directory is passed explicitly
+    so every process opens the same registry and feature store. On a multi-node cluster the project directory must
+    exist at the same path on each node (``cluster.yaml`` syncs it) or be shipped as a job's working directory
+    (``loom submit``)."""
+    paths = [str(project.root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)),
+                         "LOOM_STATE_DIR": str(project.state_dir)}}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -264,6 +265,7 @@ class TrainingConfig(_Strict):
     learning_rate: float = Field(3e-3, gt=0, description="Adam learning rate.")
     validation_fraction: float = Field(0.2, gt=0, lt=1, description="Latest fraction of rows (by time) held out.")
     seed: int = Field(0, description="Random seed for weights and shuffling.")
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts (from the last checkpoint) before giving up.")
 
 
 class RegistryConfig(_Strict):
@@ -336,7 +338,10 @@ class Project(BaseModel):
 
     @property
     def state_dir(self) -> Path:
-        return (self.root / self.config.state_dir).resolve()
+        """Where the embedded defaults keep their files. ``LOOM_STATE_DIR`` overrides the project file, e.g. to
+        put it on storage every node of a cluster shares."""
+        override = os.environ.get("LOOM_STATE_DIR")
+        return Path(override).expanduser().resolve() if override else (self.root / self.config.state_dir).resolve()
 
     def path(self, relative: str) -> Path:
         """Resolve a path written in the project file."""

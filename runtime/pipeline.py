@@ -155,7 +155,7 @@ class Pipeline:
 
     def train(self, data: Dataset, view: FeatureView) -> Trained:
         """Train on the connected Ray cluster with Ray Train, showing per-epoch progress."""
-        from .cluster import connect
+        from .cluster import connect, project_runtime_env
         from .model import ModelBundle, Preprocessor
         from .training import run_training
 
@@ -199,7 +199,8 @@ class Pipeline:
                     {"architecture": m.architecture, "kwargs": kwargs, "epochs": t.epochs,
                      "batch_size": t.batch_size, "learning_rate": t.learning_rate, "seed": t.seed},
                     arrays, workers=t.workers, use_gpu=t.use_gpu, storage_path=self.project.state_dir / "runs",
-                    run_name=f"{m.name}-{time.strftime('%Y%m%d-%H%M%S')}", on_epoch=on_epoch)
+                    run_name=f"{m.name}-{time.strftime('%Y%m%d-%H%M%S')}", on_epoch=on_epoch,
+                    max_failures=t.max_failures, runtime_env=project_runtime_env(self.project))
             except BaseException as err:
                 self.plugins.call_quietly("loom_on_error", project=self.project, stage="train", error=err)
                 raise

@@ -198,6 +198,7 @@ def run_training(
     run_name: str,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     max_failures: int = 2,
+    runtime_env: dict[str, Any] | None = None,
 ) -> TrainingResult:
     """Run :func:`train_loop_per_worker` on the connected Ray cluster and return the final weights."""
     import ray
@@ -231,6 +232,7 @@ def run_training(
             name=run_name, storage_path=str(storage_path),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            worker_runtime_env=runtime_env or {},
         ),
     )
     started = time.perf_counter()
