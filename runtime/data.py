@@ -30,6 +30,17 @@ class DataSource(Protocol):
         ...
 
 
+@runtime_checkable
+class IncrementalSource(DataSource, Protocol):
+    """A data source that can read only the rows newer than a watermark (SQL tables, appended files)."""
+
+    def since(self, column: str, watermark: Any) -> DataSource:
+        """The rows whose ``column`` (event or update time) is strictly after ``watermark`` (a datetime or ISO
+        string; naive means UTC). Returns a source of its own: its ``read``, ``iter_batches`` and ``fingerprint``
+        describe only those rows."""
+        ...
+
+
 def split_uri(uri: str) -> tuple[str, str]:
     """Split ``scheme://rest`` into ``(scheme, rest)``; a bare path has scheme ``file``."""
     if "://" in uri:

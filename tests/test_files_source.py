@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from runtime import ConfigError, DataSource, DataValidationError, NotFoundError, Plugins, get_plugins
+from runtime._contracts.data import DataSourceContract
 
 
 @pytest.fixture
@@ -219,3 +221,42 @@ def test_a_missing_fsspec_implementation_is_a_config_error(plugins: Plugins) -> 
         pass
     with pytest.raises(ConfigError, match="sftp://"):
         open_source(plugins, "sftp://host/data.csv", Path("/"))
+
+
+# -- the data-source contract: local CSV and Parquet, and CSV on fsspec's memory filesystem -----------------------
+
+
+class TestCsvContract(DataSourceContract):
+    @pytest.fixture
+    def make_source(self, plugins: Plugins, tmp_path: Path):
+        def make(df: pd.DataFrame) -> DataSource:
+            name = f"{uuid.uuid4().hex}.csv"
+            df.to_csv(tmp_path / name, index=False)
+            return plugins.data_source(f"csv://{name}", base_dir=tmp_path, options={})
+
+        return make
+
+
+class TestParquetDirectoryContract(DataSourceContract):
+    @pytest.fixture
+    def make_source(self, plugins: Plugins, tmp_path: Path):
+        def make(df: pd.DataFrame) -> DataSource:
+            directory = tmp_path / uuid.uuid4().hex
+            directory.mkdir()
+            half = len(df) // 2
+            df.iloc[:half].to_parquet(directory / "part-0.parquet", index=False)
+            df.iloc[half:].to_parquet(directory / "part-1.parquet", index=False)
+            return plugins.data_source(f"parquet://{directory.name}", base_dir=tmp_path, options={})
+
+        return make
+
+
+class TestMemoryFilesystemContract(DataSourceContract):
+    @pytest.fixture
+    def make_source(self, plugins: Plugins, memfs):
+        def make(df: pd.DataFrame) -> DataSource:
+            name = f"/contract/{uuid.uuid4().hex}.csv"
+            memfs.pipe(name, df.to_csv(index=False).encode())
+            return plugins.data_source(f"memory:/{name}", base_dir=Path("/"), options={})
+
+        return make

@@ -30,7 +30,7 @@ import posixpath
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -87,13 +87,15 @@ class FileSource:
     paths: tuple[str, ...]
     filesystem: pafs.FileSystem
     options: dict[str, str] = field(default_factory=dict)
+    since_filter: tuple[str, pd.Timestamp] | None = None
+    """``(column, watermark)`` set by :meth:`since`: only rows stamped after the watermark are returned."""
 
     def read(self) -> pd.DataFrame:
         """All files, concatenated in path order."""
         frames = []
         for path in self.paths:
             with self._reading(path):
-                frames.append(_to_pandas(self._read_table(path)))
+                frames.append(self._filter(_to_pandas(self._read_table(path)), path))
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
     def iter_batches(self, batch_size: int = 65_536) -> Iterator[pd.DataFrame]:
@@ -107,7 +109,7 @@ class FileSource:
         for path in self.paths:
             with self._reading(path):
                 for table in _rebatch(self._stream(path, batch_size), batch_size):
-                    yield _to_pandas(table)
+                    yield self._filter(_to_pandas(table), path)
 
     def fingerprint(self) -> str:
         """SHA-256 of the matched files' names and bytes, as ``sha256:<hex>``: changes when any byte does, and is
@@ -119,7 +121,24 @@ class FileSource:
             with self.filesystem.open_input_stream(path) as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
+        if self.since_filter is not None:
+            column, watermark = self.since_filter
+            h.update(f"\0since\0{column}\0{watermark.isoformat()}".encode())
         return "sha256:" + h.hexdigest()
+
+    def _filter(self, df: pd.DataFrame, path: str) -> pd.DataFrame:
+        if self.since_filter is None:
+            return df
+        column, watermark = self.since_filter
+        if column not in df.columns:
+            raise DataValidationError(self.uri, [f"{path}: no column {column!r} to read incrementally by"])
+        times = _utc_column(df[column], f"{path}: column {column!r}")
+        return df[(times > watermark).to_numpy(dtype=bool, na_value=False)].reset_index(drop=True)
+
+    def since(self, column: str, watermark: Any) -> FileSource:
+        """Only rows whose ``column`` is after ``watermark`` (naive times are UTC). Files have no index to skip
+        by, so every file is still scanned; rows are filtered batch by batch as they stream past."""
+        return replace(self, since_filter=(column, _utc(watermark, self.uri)))
 
     # -- format-specific reading ---------------------------------------------------------------------------
 
@@ -156,6 +175,29 @@ class FileSource:
             stream, read_options=read, parse_options=parse, convert_options=convert
         ) as reader:
             yield from reader
+
+
+def _utc(value: Any, what: str) -> pd.Timestamp:
+    """One instant, tz-aware in UTC (naive values are UTC)."""
+    try:
+        ts = pd.Timestamp(value)
+    except (TypeError, ValueError) as err:
+        raise DataValidationError(what, [f"watermark {value!r} is not a time: {err}"]) from None
+    if ts is pd.NaT:
+        raise DataValidationError(what, ["watermark is null"])
+    return ts.tz_convert("UTC") if ts.tzinfo is not None else ts.tz_localize("UTC")
+
+
+def _utc_column(s: pd.Series, what: str) -> pd.Series:
+    """A time column as tz-aware UTC instants, by the rules validation uses (numbers are Unix seconds)."""
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        return s.dt.tz_convert("UTC") if s.dt.tz is not None else s.dt.tz_localize("UTC")
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
+        return pd.to_datetime(s.astype("float64"), unit="s", utc=True)
+    try:
+        return pd.to_datetime(s.astype(object), format="ISO8601", utc=True)
+    except (TypeError, ValueError) as err:
+        raise DataValidationError(what, [f"cannot read times: {err}"]) from None
 
 
 # -- opening a URI -----------------------------------------------------------------------------------------------
