@@ -12,9 +12,9 @@ import pluggy
 
 from ._version import __version__
 from .config import ColumnSpec, Project, ProjectConfig, load_project, parse_config
-from .data import DataSource, hash_files, hash_frame, resolve_path, split_uri
+from .data import DataSource, IncrementalSource, hash_files, hash_frame, resolve_path, split_uri
 from .errors import ConfigError, DataValidationError, InvalidNameError, LoomError, NotFoundError, PluginError
-from .features import FeatureStore, FeatureView
+from .features import FeatureService, FeatureStore, FeatureView
 from .hookspecs import Register
 from .monitoring import DriftMonitor, DriftReport, FeatureDrift
 from .names import check_name
@@ -44,6 +44,7 @@ hookimpl = pluggy.HookimplMarker("loom")
 
 _LAZY = {
     "validate_frame": "runtime.validation",
+    "validate_batches": "runtime.validation",
     "coerce_frame": "runtime.validation",
     "ValidationReport": "runtime.validation",
     "Pipeline": "runtime.pipeline",
@@ -70,8 +71,10 @@ __all__ = [
     "DriftMonitor",
     "DriftReport",
     "FeatureDrift",
+    "FeatureService",
     "FeatureStore",
     "FeatureView",
+    "IncrementalSource",
     "InvalidNameError",
     "LoomError",
     "MetricPoint",
@@ -107,5 +110,6 @@ __all__ = [
     "parse_ref",
     "resolve_path",
     "split_uri",
+    "validate_batches",
     "validate_frame",
 ]

@@ -3,6 +3,7 @@
 Layout under ``path`` (option ``path``, default ``<state_dir>/features``)::
 
     views/<view>.json          view definitions plus the column types learned from data (atomic rewrites)
+    services/<service>.json    feature services: the features each takes from each view
     offline/<view>/part-*.parquet   append-only history, one atomically renamed file per write or push
     online.db                  SQLite (WAL): latest value per entity, one table per view
 
@@ -17,6 +18,7 @@ This plugin uses only ``runtime``'s public API, exactly as a third-party plugin 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -32,6 +34,7 @@ import pyarrow as pa
 from runtime import (
     ConfigError,
     DataValidationError,
+    FeatureService,
     FeatureView,
     NotFoundError,
     check_name,
@@ -353,6 +356,25 @@ class LocalFeatureStore:
                 self._save_record(record)
         self.online.ensure_table(view.name, view.features)
         self._views.pop(view.name, None)
+
+    def apply_service(self, service: FeatureService) -> None:
+        """Record a feature service (``services/<name>.json``) after checking that its views were applied and have
+        the features it names; re-applying an unchanged service rewrites nothing."""
+        name = check_name(service.name, "feature service name")
+        selection = {}
+        for projection in service.projections:
+            self._check_features(self._state(projection.name), projection.features)
+            selection[projection.name] = list(projection.features)
+        data = json.dumps({"name": name, "views": selection}, indent=2).encode("utf-8")
+        file = self.path / "services" / f"{name}.json"
+        with self._meta_lock():
+            if not file.exists() or file.read_bytes() != data:
+                atomic_write_bytes(file, data)
+
+    def list_services(self) -> list[str]:
+        """Names of all applied feature services, sorted."""
+        directory = self.path / "services"
+        return sorted(p.stem for p in directory.glob("*.json") if not p.name.startswith(".")) if directory.is_dir() else []
 
     def get_view(self, name: str) -> FeatureView:
         """The definition of view ``name`` (:class:`runtime.NotFoundError` if it was never applied)."""
