@@ -19,6 +19,7 @@ import pytest
 
 import runtime
 from runtime import ConfigError, DataValidationError, FeatureView, InvalidNameError, NotFoundError
+from runtime._contracts.features import FeatureStoreContract
 
 T0 = pd.Timestamp("2024-01-01")
 
@@ -426,3 +427,14 @@ def test_online_lookups_from_many_threads(store) -> None:
     for t in threads:
         t.join()
     assert not errors
+
+
+# -- the feature-store contract ----------------------------------------------------------------------------------------
+
+
+class TestLocalStoreContract(FeatureStoreContract):
+    @pytest.fixture
+    def store(self, plugins: runtime.Plugins, tmp_path: Path):
+        s = plugins.feature_store("local", state_dir=tmp_path, options={})
+        yield s
+        s.close()
