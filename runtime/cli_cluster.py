@@ -1,0 +1,69 @@
+"""``loom submit``: run a project's life cycle on an existing Ray cluster through the Ray Jobs API."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+
+import click
+from rich.console import Console
+
+from .config import load_project
+from .errors import LoomError
+
+console = Console(stderr=True)
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def _client(address: str | None):
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or "http://127.0.0.1:8265"
+    try:
+        return JobSubmissionClient(address)
+    except Exception as err:  # noqa: BLE001 - connection errors come in many types
+        raise LoomError(f"cannot reach the Ray Jobs API at {address}: {err}") from None
+
+
+@click.command()
+@click.argument("project", default=".", type=click.Path(exists=True, file_okay=False))
+@click.option("--address", help="Ray dashboard / Jobs API address (default: $RAY_API_SERVER_ADDRESS or "
+                                "http://127.0.0.1:8265).")
+@click.option("--command", "stage", type=click.Choice(["up", "train", "validate", "deploy"]), default="up",
+              show_default=True, help="The loom command the job runs.")
+@click.option("--state-dir", help="LOOM_STATE_DIR for the job: storage every node can read (registry, features).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the job and stream its logs.")
+def submit(project: str, address: str | None, stage: str, state_dir: str | None, wait: bool) -> None:
+    """Ship PROJECT to a Ray cluster as a job (its working directory) and run `loom <command>` there."""
+    proj = load_project(project)
+    client = _client(address)
+    env = {"LOOM_STATE_DIR": state_dir} if state_dir else {}
+    entrypoint = f"loom {stage} ." + (" --detach" if stage in ("up", "deploy") else "")
+    excludes = [f"{proj.config.state_dir.rstrip('/')}/", "__pycache__/"]
+    job_id = client.submit_job(
+        entrypoint=entrypoint,
+        runtime_env={"working_dir": str(proj.root), "excludes": excludes, "env_vars": env},
+        metadata={"loom_project": proj.config.name},
+    )
+    console.print(f"submitted job [bold]{job_id}[/]: {shlex.quote(entrypoint)}")
+    if not wait:
+        click.echo(job_id)
+        return
+    status = _follow(client, job_id)
+    if status != "SUCCEEDED":
+        raise LoomError(f"job {job_id} ended {status}: {client.get_job_info(job_id).message or ''}".strip())
+    click.echo(job_id)
+
+
+def _follow(client, job_id: str, poll_s: float = 1.0) -> str:
+    shown = 0
+    while True:
+        status = str(client.get_job_status(job_id).value)
+        logs = client.get_job_logs(job_id)
+        if len(logs) > shown:
+            console.out(logs[shown:], end="", highlight=False)
+            shown = len(logs)
+        if status in TERMINAL:
+            return status
+        time.sleep(poll_s)
