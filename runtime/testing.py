@@ -10,9 +10,10 @@ any test run where Loom is installed, with no import:
 ``loom_ray``
     A local Ray cluster for the whole test session (always local: ``RAY_ADDRESS`` is ignored).
 
-The contract suites are one import away: subclass :class:`DataSourceContract`, :class:`FeatureStoreContract`,
-:class:`ModelRegistryContract` or :class:`DriftMonitorContract` and define the fixture each names, and every
-behaviour Loom relies on is tested against your implementation.
+The contract suites are one import away: subclass :class:`DataSourceContract` (fixture ``make_source``),
+:class:`FeatureStoreContract` (``store``), :class:`RegistryContract` and :class:`TrackerContract` (``registry``) or
+:class:`DriftMonitorContract` (``monitor``), define the fixture it names, and every behaviour Loom relies on is
+tested against your implementation.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ pytest.register_assert_rewrite("runtime._contracts")
 DISCOVERY_VARIABLES = ("LOOM_PLUGINS", "LOOM_DISABLE_PLUGINS")
 
 _CONTRACTS = {
+    "DataSourceContract": "runtime._contracts.data",
+    "FeatureStoreContract": "runtime._contracts.features",
+    "RegistryContract": "runtime._contracts.registry",
+    "TrackerContract": "runtime._contracts.registry",
     "DriftMonitorContract": "runtime._contracts.monitor",
 }
 

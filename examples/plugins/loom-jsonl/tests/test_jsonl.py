@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pandas as pd
 import pytest
 
 from runtime import ConfigError, DataValidationError, NotFoundError
+from runtime.testing import DataSourceContract
 
 ROWS = [
     {"customer_id": 1, "event_time": "2025-01-01T00:00:00", "monthly_charges": 20.5, "contract": "one-year"},
@@ -76,3 +78,18 @@ def test_problems_are_loom_errors_naming_the_source(plugins, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"id": 1}\n{"id": "two"}\n')
     with pytest.raises(DataValidationError, match="bad.jsonl"):
         plugins.data_source("jsonl://bad.jsonl", base_dir=tmp_path).read()
+
+
+class TestJsonLinesContract(DataSourceContract):
+    """Loom's data-source contract, run against this plugin as installed."""
+
+    @pytest.fixture
+    def make_source(self, plugins, tmp_path):
+        names = itertools.count()
+
+        def make(frame: pd.DataFrame):
+            path = tmp_path / f"table-{next(names)}.jsonl"
+            frame.to_json(path, orient="records", lines=True, date_format="iso")
+            return plugins.data_source(f"jsonl://{path.name}", base_dir=tmp_path)
+
+        return make

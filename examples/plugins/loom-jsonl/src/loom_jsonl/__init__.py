@@ -52,6 +52,12 @@ def _rebatch(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.Table]
         yield pending
 
 
+def _blank(path: Path, probe: int = 1 << 16) -> bool:
+    if path.stat().st_size > probe:
+        return False
+    return not path.read_bytes().strip()
+
+
 @dataclass(frozen=True)
 class JsonLinesSource:
     """A table stored as JSON Lines in one or more files (a :class:`runtime.DataSource`)."""
@@ -62,9 +68,11 @@ class JsonLinesSource:
     def read(self) -> pd.DataFrame:
         """All files, concatenated in path order; a column's type is unified across files."""
         tables = []
-        for path in self.paths:
+        for path in self._non_empty():
             with self._reading(path):
                 tables.append(pajson.read_json(path))
+        if not tables:
+            return pd.DataFrame()
         try:
             return _to_pandas(pa.concat_tables(tables, promote_options="permissive"))
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
@@ -74,7 +82,7 @@ class JsonLinesSource:
         """Stream the files in path order as frames of at most ``batch_size`` rows, one file open at a time."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        for path in self.paths:
+        for path in self._non_empty():
             with self._reading(path):
                 for table in _rebatch(pajson.open_json(path), batch_size):
                     yield _to_pandas(table)
@@ -82,6 +90,10 @@ class JsonLinesSource:
     def fingerprint(self) -> str:
         """SHA-256 of the matched files' names and bytes."""
         return hash_files(list(self.paths))
+
+    def _non_empty(self) -> list[Path]:
+        """The files holding at least one line: pyarrow refuses a blank file, which in JSON Lines is no rows."""
+        return [p for p in self.paths if not _blank(p)]
 
     @contextmanager
     def _reading(self, path: Path) -> Iterator[None]:

@@ -1,0 +1,401 @@
+"""One test (at least) per hook in runtime/hookspecs.py, named ``test_<hook>_...``, each showing what Loom does
+with the hook: where it is called, with which arguments, and what its result or failure changes.
+tests/test_docs.py fails when a hook has no test here.
+
+Plugins here are objects passed to :func:`runtime.get_plugins`; discovery through installed entry points is tested
+in tests/test_plugins.py and tests/test_plugin_packages.py.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+import yaml
+from conftest import free_port, make_project
+
+import runtime
+from runtime import LoomError, Pipeline, PluginError, get_plugins, hookimpl, load_project
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quickstart with its generated data, made once; tests work on copies."""
+    return make_project(tmp_path_factory.mktemp("generated"), port=free_port())
+
+
+@pytest.fixture
+def project(generated: Path, tmp_path: Path):
+    """A fresh copy of the quickstart; ``project(section={...})`` updates sections of its loom.yaml first."""
+
+    def make(**sections: dict[str, Any]) -> runtime.Project:
+        root = tmp_path / "project"
+        shutil.copytree(generated, root, ignore=shutil.ignore_patterns(".loom"))
+        cfg = yaml.safe_load((root / "loom.yaml").read_text())
+        for section, values in sections.items():
+            cfg.setdefault(section, {}).update(values)
+        (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return load_project(root)
+
+    return make
+
+
+def untrained(pipe: Pipeline, data) -> Any:
+    """What :meth:`Pipeline.train` returns, without Ray: a real model bundle with initial weights, and a reference
+    sample for drift checks."""
+    from runtime.model import ModelBundle, Preprocessor, TabularMLP
+    from runtime.pipeline import REFERENCE, Trained
+
+    d = pipe.project.config.data
+    schema = {c: d.columns[c] for c in d.feature_columns}
+    pre = Preprocessor.fit(data.frame, schema)
+    kwargs = {"n_inputs": pre.n_features, "hidden": [8], "n_classes": 2, "dropout": 0.0}
+    bundle = ModelBundle(architecture="runtime.model:TabularMLP", kwargs=kwargs, preprocessor=pre,
+                         classes=[False, True], inputs={c: s.model_dump(exclude_none=True) for c, s in schema.items()},
+                         label=d.label, state_dict=TabularMLP(**kwargs).state_dict())
+    artifacts = bundle.to_artifacts()
+    buf = io.BytesIO()
+    data.frame[d.feature_columns].sample(500, random_state=0).reset_index(drop=True).to_parquet(buf, index=False)
+    artifacts[REFERENCE] = buf.getvalue()
+    return Trained(artifacts=artifacts, params={"hidden": [8]}, metrics={"val_auc": 0.5}, history=[],
+                   train_rows=len(data.frame), seconds=0.0)
+
+
+class Recorder:
+    """Records the life-cycle hooks it sees, with the arguments it asked for."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def seen(self, hook: str) -> list[dict[str, Any]]:
+        return [args for name, args in self.calls if name == hook]
+
+    @hookimpl
+    def loom_before_training(self, project, train_rows, params):
+        self.calls.append(("loom_before_training", {"project": project, "train_rows": train_rows, "params": params}))
+
+    @hookimpl
+    def loom_after_training(self, metrics, history):
+        self.calls.append(("loom_after_training", {"metrics": metrics, "history": history}))
+
+    @hookimpl
+    def loom_model_registered(self, project, version):
+        self.calls.append(("loom_model_registered", {"project": project, "version": version}))
+
+    @hookimpl
+    def loom_model_deployed(self, model, version, url):
+        self.calls.append(("loom_model_deployed", {"model": model, "version": version, "url": url}))
+
+    @hookimpl
+    def loom_drift_detected(self, model, version, report):
+        self.calls.append(("loom_drift_detected", {"model": model, "version": version, "report": report}))
+        return True
+
+    @hookimpl
+    def loom_on_error(self, stage, error):
+        self.calls.append(("loom_on_error", {"stage": stage, "error": error}))
+
+
+class Spy:
+    """Wraps a built-in store or registry, recording which protocol methods the pipeline calls."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.called: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if callable(attr):
+            def record(*args: Any, **kwargs: Any) -> Any:
+                self.called.append(name)
+                return attr(*args, **kwargs)
+            return record
+        return attr
+
+
+# -- registration hooks ---------------------------------------------------------------------------------------
+
+
+class MemorySource:
+    """A data source serving a DataFrame held in memory."""
+
+    def __init__(self, uri: str, frame: pd.DataFrame) -> None:
+        self.uri, self.frame = uri, frame
+
+    def read(self) -> pd.DataFrame:
+        return self.frame.copy()
+
+    def iter_batches(self, batch_size: int = 65_536):
+        for start in range(0, len(self.frame), batch_size):
+            yield self.frame.iloc[start:start + batch_size].reset_index(drop=True)
+
+    def fingerprint(self) -> str:
+        return runtime.hash_frame(self.frame)
+
+
+def test_loom_register_data_sources_scheme_feeds_the_pipeline(project):
+    proj = project(data={"source": "memory-table://customers", "options": {"rows": 300}})
+    raw = pd.read_csv(proj.root / "data" / "customers.csv")
+    opened: list[tuple[str, Path, dict]] = []
+
+    class MemoryTables:
+        @hookimpl
+        def loom_register_data_sources(self, register):
+            def factory(uri, *, base_dir, options):
+                opened.append((uri, base_dir, options))
+                return MemorySource(uri, raw.head(options["rows"]))
+
+            register("memory-table", factory)
+
+    data = Pipeline(proj, plugins=get_plugins([MemoryTables()])).ingest()
+    assert opened == [("memory-table://customers", proj.root, {"rows": 300})]
+    assert len(data.frame) == 300 and data.fingerprint == runtime.hash_frame(raw.head(300))
+    assert str(data.frame["event_time"].dtype).startswith("datetime64")  # validated against loom.yaml's schema
+
+
+def test_loom_register_feature_stores_store_gets_the_features(project):
+    proj = project(features={"store": "spied", "options": {"tier": "hot"}})
+    built: list[tuple[Path, dict]] = []
+    stores: list[Spy] = []
+
+    class SpiedStore:
+        @hookimpl
+        def loom_register_feature_stores(self, register):
+            def factory(*, state_dir, options):
+                built.append((state_dir, options))
+                stores.append(Spy(get_plugins().feature_store("local", state_dir=state_dir, options={})))
+                return stores[-1]
+
+            register("spied", factory)
+
+    pipe = Pipeline(proj, plugins=get_plugins([SpiedStore()]))
+    view = pipe.write_features(pipe.ingest())
+    assert built == [(proj.state_dir, {"tier": "hot"})]
+    assert stores[0].called[:3] == ["apply", "write", "materialize"]
+    keys = pd.read_csv(proj.root / "data" / "customers.csv")["customer_id"].unique()[:3].tolist()
+    online = pipe.feature_store.get_online_features(view.name, keys, ["contract"])
+    assert len(online) == 3 and online["contract"].notna().all()
+
+
+def test_loom_register_registries_registry_stores_each_version(project):
+    proj = project(registry={"kind": "audited", "options": {"bucket": "models"}})
+    built: list[tuple[Path, dict]] = []
+    registries: list[Spy] = []
+
+    class Audited:
+        @hookimpl
+        def loom_register_registries(self, register):
+            def factory(*, state_dir, options):
+                built.append((state_dir, options))
+                registries.append(Spy(get_plugins().registry("local", state_dir=state_dir, options={})))
+                return registries[-1]
+
+            register("audited", factory)
+
+    pipe = Pipeline(proj, plugins=get_plugins([Audited()]))
+    data = pipe.ingest()
+    version = pipe.register(untrained(pipe, data), data, pipe.feature_view())
+    assert built == [(proj.state_dir, {"bucket": "models"})]
+    assert registries[0].called == ["register"]
+    assert pipe.registry.get_version("churn", "production").version == version.version
+    assert version.lineage["data"]["fingerprint"] == data.fingerprint
+
+
+class FixedMonitor:
+    """A drift monitor whose verdict is an option: it records what it was asked to compare."""
+
+    def __init__(self, drifted: bool) -> None:
+        self.drifted = drifted
+        self.checked: list[tuple[pd.DataFrame, pd.DataFrame, list[str], list[str]]] = []
+
+    def check(self, reference, current, *, numerical, categorical):
+        self.checked.append((reference, current, numerical, categorical))
+        columns = numerical + categorical
+        return runtime.DriftReport(
+            monitor="fixed", drifted=self.drifted, share_drifted=float(self.drifted), n_reference=len(reference),
+            n_current=len(current),
+            features=tuple(runtime.FeatureDrift(c, self.drifted, 0.0, "fixed", 0.5) for c in columns))
+
+    def html_report(self, reference, current, *, numerical, categorical):
+        return "<p>fixed</p>"
+
+
+@pytest.fixture
+def serving(project):
+    """A project with a registered (untrained) model, and a function serving it in this process."""
+    proj = project(monitoring={"monitor": "fixed", "options": {"drifted": True}})
+    pipe = Pipeline(proj, plugins=get_plugins(entrypoints=True))
+    data = pipe.ingest()
+    pipe.register(untrained(pipe, data), data, pipe.feature_view())
+
+    def serve(*plugins: Any):
+        from runtime.serving.server import ModelServer
+
+        server = ModelServer(proj, get_plugins(plugins), {"churn": "production"})
+        served = server.get("churn")
+        rows = data.frame[pipe.project.config.data.feature_columns].head(200)
+        server.predict(served, {c: rows[c].to_numpy() for c in rows.columns})
+        return server
+
+    return serve
+
+
+def test_loom_register_drift_monitors_monitor_checks_served_traffic(serving):
+    monitors: list[FixedMonitor] = []
+
+    class Fixed:
+        @hookimpl
+        def loom_register_drift_monitors(self, register):
+            def factory(*, options):
+                monitors.append(FixedMonitor(**options))
+                return monitors[-1]
+
+            register("fixed", factory)
+
+    out = serving(Fixed()).drift("churn")
+    [monitor] = monitors
+    assert monitor.drifted is True  # options from loom.yaml's monitoring.options
+    [(reference, current, numerical, categorical)] = monitor.checked
+    assert (len(reference), len(current)) == (500, 200)
+    assert "contract" in categorical and "monthly_charges" in numerical
+    assert (out["monitor"], out["drifted"], out["model"], out["n_current"]) == ("fixed", True, "churn", 200)
+
+
+def test_loom_drift_detected_gets_the_report_only_when_drift_is_found(serving):
+    class Fixed:
+        def __init__(self, drifted: bool) -> None:
+            self.drifted = drifted
+
+        @hookimpl
+        def loom_register_drift_monitors(self, register):
+            register("fixed", lambda *, options: FixedMonitor(self.drifted))
+
+    calm, hot = Recorder(), Recorder()
+    serving(Fixed(False), calm).drift("churn")
+    assert calm.seen("loom_drift_detected") == []
+    out = serving(Fixed(True), hot).drift("churn")
+    [call] = hot.seen("loom_drift_detected")
+    assert (call["model"], call["version"]) == ("churn", out["version"])
+    assert call["report"].drifted and call["report"].n_current == 200
+
+
+def test_loom_register_commands_adds_a_command_to_the_cli(tmp_path):
+    """The CLI discovers plugin commands through entry points: install a one-module distribution by hand (a
+    module and its .dist-info) on PYTHONPATH and call its command."""
+    (tmp_path / "loom_hello_cmd.py").write_text(
+        "import click\nfrom runtime import hookimpl\n\n\n@hookimpl\ndef loom_register_commands(cli):\n"
+        "    @cli.command()\n    @click.argument('who')\n    def hello(who):\n"
+        "        '''Greet WHO.'''\n        click.echo(f'hello {who}')\n")
+    info = tmp_path / "loom_hello_cmd-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: loom-hello-cmd\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[loom]\nhello_cmd = loom_hello_cmd\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env.pop("LOOM_PLUGINS", None)
+    out = subprocess.run([sys.executable, "-m", "runtime.cli", "hello", "world"], capture_output=True, text=True,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello world\n"
+    listing = subprocess.run([sys.executable, "-m", "runtime.cli", "--help"], capture_output=True, text=True, env=env)
+    assert "Greet WHO." in listing.stdout
+
+
+# -- life-cycle hooks ---------------------------------------------------------------------------------------------
+
+
+def test_loom_before_training_sees_rows_and_params_and_can_stop_training(project):
+    class Quota(Recorder):
+        @hookimpl
+        def loom_before_training(self, project, train_rows, params):
+            super().loom_before_training(project, train_rows, params)
+            raise LoomError(f"{train_rows} rows is over this team's quota")
+
+    quota = Quota()
+    pipe = Pipeline(project(training={"epochs": 3, "workers": 1}), plugins=get_plugins([quota]))
+    data = pipe.ingest()
+    view = pipe.write_features(data)
+    with pytest.raises(PluginError, match=r"plugin 'Quota' failed in hook loom_before_training: \d+ rows is over"):
+        pipe.train(data, view)
+    [call] = quota.seen("loom_before_training")
+    assert call["project"] is pipe.project
+    assert 0 < call["train_rows"] < len(data.frame)  # the held-out validation rows are not counted
+    assert (call["params"]["epochs"], call["params"]["workers"]) == (3, 1)
+
+
+def test_loom_model_registered_gets_the_committed_version(project):
+    recorder = Recorder()
+    pipe = Pipeline(project(), plugins=get_plugins([recorder]))
+    data = pipe.ingest()
+    version = pipe.register(untrained(pipe, data), data, pipe.feature_view())
+    [call] = recorder.seen("loom_model_registered")
+    assert call["project"] is pipe.project
+    assert call["version"] == version == pipe.registry.get_version("churn", "production")
+
+
+def test_loom_on_error_hears_the_failed_stage_and_cannot_mask_it(project, caplog):
+    class Broken:
+        @hookimpl
+        def loom_register_data_sources(self, register):
+            def factory(uri, *, base_dir, options):
+                raise ConnectionError("warehouse unreachable")
+
+            register("warehouse", factory)
+
+    class FailingReporter:
+        @hookimpl
+        def loom_on_error(self, stage, error):
+            raise RuntimeError("pager is down")
+
+    recorder = Recorder()
+    pipe = Pipeline(project(data={"source": "warehouse://sales"}),
+                    plugins=get_plugins([Broken(), FailingReporter(), recorder]))
+    with pytest.raises(PluginError, match="warehouse unreachable") as raised:
+        pipe.ingest()
+    [call] = recorder.seen("loom_on_error")
+    assert call["stage"] == "ingest" and call["error"] is raised.value
+    assert "plugin 'FailingReporter' failed in hook loom_on_error: RuntimeError: pager is down" in caplog.text
+
+
+# -- life-cycle hooks that need Ray Train and Ray Serve -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deployed(ray_cluster, serve_port, generated, tmp_path_factory):
+    """One short real run (1 worker, 1 epoch) through training, registration and deployment, with a recorder."""
+    root = tmp_path_factory.mktemp("deployed") / "project"
+    shutil.copytree(generated, root, ignore=shutil.ignore_patterns(".loom"))
+    cfg = yaml.safe_load((root / "loom.yaml").read_text())
+    cfg["training"].update(workers=1, epochs=1)
+    cfg["serving"]["port"] = serve_port
+    (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    recorder = Recorder()
+    pipe = Pipeline(root, plugins=get_plugins([recorder]))
+    return pipe, pipe.up(), recorder
+
+
+@pytest.mark.slow
+def test_loom_after_training_gets_the_final_metrics(deployed):
+    pipe, result, recorder = deployed
+    [call] = recorder.seen("loom_after_training")
+    assert [e["epoch"] for e in call["history"]] == [1]
+    assert 0 <= call["metrics"]["val_auc"] <= 1
+    assert call["metrics"] == pipe.registry.get_version("churn", result.version.version).metrics
+    names = [name for name, _ in recorder.calls]
+    assert names.index("loom_before_training") < names.index("loom_after_training") < names.index(
+        "loom_model_registered")
+
+
+@pytest.mark.slow
+def test_loom_model_deployed_url_answers(deployed):
+    _, result, recorder = deployed
+    [call] = recorder.seen("loom_model_deployed")
+    assert (call["model"], call["version"], call["url"]) == ("churn", result.version.version, result.url)
+    assert httpx.get(f"{call['url']}/v2/models/churn/ready", timeout=30).json()["ready"] is True
