@@ -90,6 +90,22 @@ class FeatureService:
         """The entity columns needed to look the service's features up."""
         return tuple(dict.fromkeys(view.entity for view in self.projections))
 
+    @property
+    def entity(self) -> str:
+        """The join key of the first view: for the usual single-entity service, its only one (see :attr:`join_keys`)."""
+        return self.projections[0].entity
+
+    @property
+    def timestamp(self) -> str:
+        """The event-time column of the first view (each view keeps its own; joins take the caller's)."""
+        return self.projections[0].timestamp
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        """Declared Loom types of the join keys and features of every view."""
+        return {c: t for view in self.projections for c, t in view.dtypes.items()
+                if c in view.features or c == view.entity}
+
     def dtype(self, feature: str) -> str | None:
         """The declared Loom type of ``feature``, if its view declares one."""
         for view in self.projections:

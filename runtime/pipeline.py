@@ -19,11 +19,11 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .config import Project, load_project
-from .features import FeatureView
+from .config import ColumnSpec, Project, load_project
+from .features import FeatureService
 from .plugins import Plugins, get_plugins
 from .registry import ModelVersion
-from .validation import validate_frame
+from .validation import ValidationReport, validate_batches
 
 REFERENCE = "reference.parquet"
 
@@ -35,6 +35,8 @@ class Dataset:
     frame: pd.DataFrame
     uri: str
     fingerprint: str
+    quarantined: int = 0
+    """Bad rows set aside in a quarantine file (``data.bad_rows.policy: quarantine``) rather than kept."""
 
 
 @dataclass
@@ -115,45 +117,55 @@ class Pipeline:
             self.timings[name] = round(time.perf_counter() - started, 2)
         self.console.print(f"[green]✓[/] {name:<9} {self.timings[name]:6.2f}s  {message}")
 
-    def feature_view(self) -> FeatureView:
-        d, f = self.project.config.data, self.project.config.features
-        from datetime import timedelta
-
-        return FeatureView(name=f.view, entity=d.entity, timestamp=d.timestamp, features=tuple(d.feature_columns),
-                           ttl=timedelta(days=f.ttl_days) if f.ttl_days else None,
-                           dtypes={c: d.columns[c].type for c in d.feature_columns})
+    def validated(self, uri: str, options: dict[str, Any], columns: dict[str, ColumnSpec]) -> tuple[ValidationReport, str]:
+        """Stream a data source through validation, applying the project's bad-row policy; return the report
+        and the source's fingerprint."""
+        d = self.project.config.data
+        source = self.plugins.data_source(uri, base_dir=self.project.root, options=options)
+        policy = d.bad_rows
+        quarantine = self.project.path(policy.path) if policy.path else self.project.state_dir / "quarantine"
+        report = validate_batches(source.iter_batches(d.batch_rows), columns, source=uri, policy=policy.policy,
+                                  quarantine_dir=quarantine, max_fraction=policy.max_fraction)
+        if report.quarantined:
+            self.console.print(f"[yellow]![/] {report.quarantined:,} of {report.rows:,} rows from {uri} failed "
+                               f"validation and were quarantined to {report.quarantine_file}")
+        return report, source.fingerprint()
 
     # -- stages ------------------------------------------------------------------------------------------------
 
     def ingest(self) -> Dataset:
-        """Read the data source and validate it against the declared schema."""
+        """Read the data source batch by batch, validating each batch against the declared schema."""
         d = self.project.config.data
-        with self.stage("ingest", f"reading {d.source}"):
-            source = self.plugins.data_source(d.source, base_dir=self.project.root, options=d.options)
-            raw = source.read()
-            fingerprint = source.fingerprint()
-        with self.stage("validate", f"validating {len(raw):,} rows against {len(d.columns)} declared columns"):
-            report = validate_frame(raw, d.columns, source=d.source)
-        return Dataset(frame=report.frame, uri=d.source, fingerprint=fingerprint)
+        with self.stage("ingest", f"opening {d.source}"):
+            self.plugins.data_source(d.source, base_dir=self.project.root, options=d.options)
+        with self.stage("validate", f"reading {d.source} and validating it against {len(d.columns)} columns"):
+            report, fingerprint = self.validated(d.source, d.options, d.columns)
+        return Dataset(frame=report.frame, uri=d.source, fingerprint=fingerprint, quarantined=report.quarantined)
 
-    def write_features(self, data: Dataset) -> FeatureView:
-        """Write the validated rows to the offline store and materialise the latest values online."""
-        view = self.feature_view()
-        with self.stage("features", f"writing feature view {view.name!r} ({len(view.features)} features)"):
+    def write_features(self, data: Dataset) -> FeatureService:
+        """Apply the project's feature views and services, write each view's rows (from the data source or the
+        view's own source) offline, and materialise the latest values online. Returns the model's service."""
+        defs = self.project.config.feature_definitions
+        with self.stage("features", f"writing {len(defs.views)} feature view(s): {', '.join(defs.views)}"):
             store = self.feature_store
-            store.apply(view)
-            d = self.project.config.data
-            store.write(view.name, data.frame[[d.entity, d.timestamp, *view.features]])
-            store.materialize(view.name)
-        return view
+            for view in defs.views.values():
+                store.apply(view)
+            for service in {**defs.services, defs.service.name: defs.service}.values():
+                store.apply_service(service)
+            for name, view in defs.views.items():
+                own = defs.sources.get(name)
+                frame = data.frame if own is None else self.validated(own.uri, own.options, own.columns)[0].frame
+                store.write(name, frame[[view.entity, view.timestamp, *view.features]])
+                store.materialize(name)
+        return defs.service
 
-    def training_frame(self, data: Dataset, view: FeatureView) -> pd.DataFrame:
-        """Labels joined point-in-time with the feature store's offline features."""
+    def training_frame(self, data: Dataset, service: FeatureService) -> pd.DataFrame:
+        """Labels joined point-in-time with the service's features from the feature store's offline data."""
         d = self.project.config.data
-        labels = data.frame[[d.entity, d.timestamp, d.label]]
-        return self.feature_store.get_historical_features(labels, view.name, list(view.features))
+        labels = data.frame[list(dict.fromkeys([d.entity, *service.join_keys, d.timestamp, d.label]))]
+        return service.historical(self.feature_store, labels, timestamp=d.timestamp)
 
-    def train(self, data: Dataset, view: FeatureView) -> Trained:
+    def train(self, data: Dataset, view: FeatureService) -> Trained:
         """Train on the connected Ray cluster with Ray Train, showing per-epoch progress."""
         from .cluster import connect, project_runtime_env
         from .model import ModelBundle, Preprocessor
@@ -165,7 +177,7 @@ class Pipeline:
         frame = frame[frame[d.label].notna()]
         n_val = max(1, int(len(frame) * t.validation_fraction))
         train_df, val_df = frame.iloc[:-n_val], frame.iloc[-n_val:]
-        schema = {c: d.columns[c] for c in view.features}
+        schema = {c: cfg.feature_definitions.columns[c] for c in view.features}
         pre = Preprocessor.fit(train_df, schema)
         classes = sorted(frame[d.label].dropna().unique().tolist())
         if len(classes) < 2:
@@ -222,14 +234,16 @@ class Pipeline:
         return Trained(artifacts=artifacts, params={**params, "use_gpu": result.use_gpu}, metrics=final,
                        history=result.history, train_rows=len(train_df), seconds=result.seconds)
 
-    def register(self, trained: Trained, data: Dataset, view: FeatureView) -> ModelVersion:
+    def register(self, trained: Trained, data: Dataset, view: FeatureService) -> ModelVersion:
         """Record the trained model as a new version with lineage, and point the configured alias at it."""
         cfg = self.project.config
         with self.stage("register", f"registering {cfg.model.name!r} in the {cfg.registry.kind!r} registry"):
             lineage = {
                 "data": {"source": data.uri, "fingerprint": data.fingerprint, "rows": len(data.frame)},
                 "features": {"store": cfg.features.store, "view": view.name, "features": list(view.features),
-                             "ttl_days": cfg.features.ttl_days},
+                             "ttl_days": cfg.features.ttl_days, "quarantined_rows": data.quarantined,
+                             "views": {p.name: {"entity": p.entity, "timestamp": p.timestamp,
+                                                "features": list(p.features)} for p in view.projections}},
                 "training": {"history": trained.history, "train_rows": trained.train_rows,
                              "seconds": round(trained.seconds, 2)},
                 "code": {"git_commit": _git_commit(self.project.root), "project": cfg.name},
