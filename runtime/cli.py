@@ -15,6 +15,7 @@ from rich.table import Table
 from ._version import __version__
 from .cli_plugin import plugin_group
 from .cli_cluster import submit
+from .cli_features import features
 from .config import Project, load_project
 from .errors import LoomError
 
@@ -211,6 +212,7 @@ def monitor(model: str, url: str, as_json: bool) -> None:
 # Command groups of each area live in their own modules and are attached here.
 cli.add_command(plugin_group)
 cli.add_command(submit)
+cli.add_command(features)
 
 
 def main() -> None:

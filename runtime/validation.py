@@ -263,9 +263,10 @@ def _check_column(raw: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, np.ndarr
 class _Validator:
     """Coerces batches to the declared columns and tallies problems across them (row numbers continue)."""
 
-    def __init__(self, columns: Mapping[str, ColumnSpec], source: str) -> None:
+    def __init__(self, columns: Mapping[str, ColumnSpec], source: str, *, empty_columns: bool = False) -> None:
         self.columns = dict(columns)
         self.source = source
+        self.empty_columns = empty_columns
         self.rows = 0
         self.bad_rows = 0
         self.column_problems: dict[str, str] = {}
@@ -305,7 +306,7 @@ class _Validator:
         """Problems with a whole column (missing, duplicated, entirely null), by column."""
         out = dict(self.column_problems)
         for name, seen in self.seen_value.items():
-            if self.rows and not seen:
+            if self.rows and not seen and not self.empty_columns:
                 out[name] = f"{self.source}: column {name!r} is entirely null"
         return out
 
@@ -322,28 +323,33 @@ class _Validator:
 
 
 def coerce_frame(
-    df: pd.DataFrame, columns: Mapping[str, ColumnSpec], *, source: str
+    df: pd.DataFrame, columns: Mapping[str, ColumnSpec], *, source: str, empty_columns: bool = False
 ) -> tuple[pd.DataFrame, list[str], pd.Series]:
     """Coerce ``df`` to the declared ``columns`` by the rules in this module's docstring.
+
+    :param empty_columns: accept a nullable column that is entirely null (a small push of fresh values may
+        have none for some feature); by default that is reported, since in a data set it signals a broken source.
 
     :return: ``(frame, problems, bad)``: the coerced frame (declared columns only, in declared order, fresh
         RangeIndex; a missing column is all-null), one line per problem, and a boolean Series marking the rows
         with at least one problem.
     """
-    validator = _Validator(columns, source)
+    validator = _Validator(columns, source, empty_columns=empty_columns)
     frame, bad, _ = validator.add(df)
     return frame, validator.problems(), pd.Series(bad, index=frame.index)
 
 
 def validate_frame(
-    df: pd.DataFrame, columns: Mapping[str, ColumnSpec], *, source: str, raise_on_error: bool = True
+    df: pd.DataFrame, columns: Mapping[str, ColumnSpec], *, source: str, raise_on_error: bool = True,
+    empty_columns: bool = False,
 ) -> ValidationReport:
     """Coerce and check ``df`` against the declared ``columns``.
 
     :param source: where the data came from (file or URI); every problem line starts with it.
     :param raise_on_error: raise :class:`runtime.DataValidationError` listing every problem when there are any.
+    :param empty_columns: accept entirely null nullable columns (see :func:`coerce_frame`).
     """
-    frame, problems, bad = coerce_frame(df, columns, source=source)
+    frame, problems, bad = coerce_frame(df, columns, source=source, empty_columns=empty_columns)
     if problems and raise_on_error:
         raise DataValidationError(source, problems)
     return ValidationReport(source=source, rows=len(frame), frame=frame, problems=problems, bad_rows=int(bad.sum()))

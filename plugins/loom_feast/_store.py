@@ -219,9 +219,9 @@ class FeastFeatureStore:
         specs = {view.entity: ColumnSpec(type=view.dtypes[view.entity], nullable=False),
                  view.timestamp: ColumnSpec(type="timestamp", nullable=False),
                  **{f: ColumnSpec(type=view.dtypes[f]) for f in view.features}}
-        frame, problems, bad = coerce_frame(df[columns], specs, source=source)
-        if bad.any():
-            raise DataValidationError(source, [p for p in problems if "entirely null" not in p])
+        frame, problems, bad = coerce_frame(df[columns], specs, source=source, empty_columns=True)
+        if problems:
+            raise DataValidationError(source, problems)
         return frame
 
     def _append(self, view: FeatureView, frame: pd.DataFrame) -> Path:
