@@ -16,6 +16,7 @@ from ._version import __version__
 from .cli_plugin import plugin_group
 from .cli_cluster import submit
 from .cli_features import features
+from .cli_models import models, runs
 from .config import Project, load_project
 from .errors import LoomError
 
@@ -213,6 +214,8 @@ def monitor(model: str, url: str, as_json: bool) -> None:
 cli.add_command(plugin_group)
 cli.add_command(submit)
 cli.add_command(features)
+cli.add_command(models)
+cli.add_command(runs)
 
 
 def main() -> None:

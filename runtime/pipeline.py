@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata as md
 import io
+import platform
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from .config import ColumnSpec, Project, load_project
 from .features import FeatureService
 from .plugins import Plugins, get_plugins
 from .registry import ModelVersion
+from .tracking import Tracker
 from .validation import ValidationReport, validate_batches
 
 REFERENCE = "reference.parquet"
@@ -49,6 +51,7 @@ class Trained:
     history: list[dict[str, Any]]
     train_rows: int
     seconds: float
+    run_id: str | None = None
 
 
 @dataclass
@@ -64,6 +67,15 @@ def _git_commit(path: Any) -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _log_epoch(tracker: Tracker, run_id: str, metrics: dict[str, Any]) -> int:
+    """Record one epoch's numeric metrics at step = epoch; return the epoch."""
+    epoch = int(metrics["epoch"])
+    values = {k: v for k, v in metrics.items() if k != "epoch" and isinstance(v, (int, float))
+              and not isinstance(v, bool)}
+    tracker.log_metrics(run_id, values, step=epoch)
+    return epoch
 
 
 def _versions(*dists: str) -> dict[str, str]:
@@ -101,6 +113,11 @@ class Pipeline:
             r = self.project.config.registry
             self._registry = self.plugins.registry(r.kind, state_dir=self.project.state_dir, options=r.options)
         return self._registry
+
+    @property
+    def tracker(self) -> Tracker | None:
+        """The registry, when it also tracks runs (training runs are then recorded and linked from versions)."""
+        return self.registry if isinstance(self.registry, Tracker) else None
 
     @contextlib.contextmanager
     def stage(self, name: str, message: str) -> Iterator[None]:
@@ -168,7 +185,7 @@ class Pipeline:
     def train(self, data: Dataset, view: FeatureService) -> Trained:
         """Train on the connected Ray cluster with Ray Train, showing per-epoch progress."""
         from .cluster import connect, project_runtime_env
-        from .model import ModelBundle, Preprocessor
+        from .model import SPEC, ModelBundle, Preprocessor
         from .training import run_training
 
         cfg = self.project.config
@@ -194,6 +211,10 @@ class Pipeline:
         self.plugins.call("loom_before_training", project=self.project, train_rows=len(train_df), params=dict(params))
         with self.stage("cluster", "connecting to Ray"):
             connect()
+        run_name = f"{m.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tracker = self.tracker
+        run = tracker.start_run(cfg.name, name=run_name, params=params, tags={"model": m.name}) if tracker else None
+        logged: set[int] = set()
         started = time.perf_counter()
         with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
@@ -205,15 +226,21 @@ class Pipeline:
                 if "val_auc" in mt:
                     info += f"  val_auc {mt['val_auc']:.3f}"
                 progress.update(task, completed=mt["epoch"], info=info)
+                if run is not None:
+                    with contextlib.suppress(Exception):  # retried from the final history below
+                        logged.add(_log_epoch(tracker, run.id, mt))
 
             try:
                 result = run_training(
                     {"architecture": m.architecture, "kwargs": kwargs, "epochs": t.epochs,
                      "batch_size": t.batch_size, "learning_rate": t.learning_rate, "seed": t.seed},
                     arrays, workers=t.workers, use_gpu=t.use_gpu, storage_path=self.project.state_dir / "runs",
-                    run_name=f"{m.name}-{time.strftime('%Y%m%d-%H%M%S')}", on_epoch=on_epoch,
+                    run_name=run_name, on_epoch=on_epoch,
                     max_failures=t.max_failures, runtime_env=project_runtime_env(self.project))
             except BaseException as err:
+                if run is not None:
+                    with contextlib.suppress(Exception):
+                        tracker.end_run(run.id, "killed" if isinstance(err, KeyboardInterrupt) else "failed")
                 self.plugins.call_quietly("loom_on_error", project=self.project, stage="train", error=err)
                 raise
             progress.update(task, completed=t.epochs)
@@ -224,6 +251,13 @@ class Pipeline:
                              inputs={c: s.model_dump(exclude_none=True) for c, s in schema.items()},
                              label=d.label, state_dict=result.state_dict)
         artifacts = bundle.to_artifacts()
+        if run is not None:  # the live per-epoch log is best effort: fill in what it missed from the history
+            for mt in result.history:
+                if mt["epoch"] not in logged:
+                    _log_epoch(tracker, run.id, mt)
+            tracker.log_params(run.id, {"use_gpu": result.use_gpu, "train_rows": len(train_df)})
+            tracker.log_artifact(run.id, SPEC, artifacts[SPEC])
+            tracker.end_run(run.id)
         reference = train_df[list(view.features)].sample(min(len(train_df), cfg.monitoring.reference_rows),
                                                          random_state=t.seed)
         buf = io.BytesIO()
@@ -232,7 +266,8 @@ class Pipeline:
         final = {k: v for k, v in result.metrics.items() if k.startswith("val_") or k == "train_loss"}
         self.plugins.call("loom_after_training", project=self.project, metrics=final, history=result.history)
         return Trained(artifacts=artifacts, params={**params, "use_gpu": result.use_gpu}, metrics=final,
-                       history=result.history, train_rows=len(train_df), seconds=result.seconds)
+                       history=result.history, train_rows=len(train_df), seconds=result.seconds,
+                       run_id=run.id if run is not None else None)
 
     def register(self, trained: Trained, data: Dataset, view: FeatureService) -> ModelVersion:
         """Record the trained model as a new version with lineage, and point the configured alias at it."""
@@ -241,17 +276,22 @@ class Pipeline:
             lineage = {
                 "data": {"source": data.uri, "fingerprint": data.fingerprint, "rows": len(data.frame)},
                 "features": {"store": cfg.features.store, "view": view.name, "features": list(view.features),
+                             "entity": view.entity, "timestamp": view.timestamp, "dtypes": dict(view.dtypes),
                              "ttl_days": cfg.features.ttl_days, "quarantined_rows": data.quarantined,
                              "views": {p.name: {"entity": p.entity, "timestamp": p.timestamp,
                                                 "features": list(p.features)} for p in view.projections}},
-                "training": {"history": trained.history, "train_rows": trained.train_rows,
+                "training": {"run_id": trained.run_id, "experiment": cfg.name, "params": trained.params,
+                             "history": trained.history, "train_rows": trained.train_rows,
                              "seconds": round(trained.seconds, 2)},
                 "code": {"git_commit": _git_commit(self.project.root), "project": cfg.name},
-                "packages": _versions("loom-mlops", "torch", "ray", "pandas", "evidently"),
+                "packages": {"python": platform.python_version(),
+                             **_versions("loom-mlops", "torch", "ray", "pandas", "numpy", "pyarrow", "safetensors",
+                                         "evidently")},
                 "reference_profile": REFERENCE,
             }
             version = self.registry.register(cfg.model.name, trained.artifacts, params=trained.params,
-                                             metrics=trained.metrics, lineage=lineage, alias=cfg.registry.alias)
+                                             metrics=trained.metrics, lineage=lineage, alias=cfg.registry.alias,
+                                             run_id=trained.run_id)
         self.plugins.call("loom_model_registered", project=self.project, version=version)
         return version
 

@@ -1,0 +1,313 @@
+"""``loom models …`` and ``loom runs …``: the project's registry and tracked runs, as tables or ``--json``.
+
+Both groups work on whichever registry plugin the project's ``loom.yaml`` selects, through the same
+:class:`runtime.Pipeline` the other commands use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .errors import LoomError
+from .registry import LATEST, ModelRegistry, ModelVersion, check_alias, parse_ref
+from .tracking import Run, Tracker, compare_runs
+
+out = Console()
+
+project_option = click.option(
+    "-p", "--project", default=".", show_default=True, type=click.Path(exists=True, file_okay=True),
+    help="Project directory (or its loom.yaml).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def _registry(project: str) -> ModelRegistry:
+    from .pipeline import Pipeline
+
+    return Pipeline(project).registry
+
+
+def _tracker(project: str) -> Tracker:
+    from .pipeline import Pipeline
+
+    pipe = Pipeline(project)
+    if pipe.tracker is None:
+        raise LoomError(f"the {pipe.project.config.registry.kind!r} registry does not track runs")
+    return pipe.tracker
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: they print as ``null``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(_finite(data), indent=2, sort_keys=False))
+
+
+def _when(timestamp: float | None) -> str:
+    return "-" if timestamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _metrics(metrics: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {_number(v)}" for k, v in sorted(metrics.items())) or "-"
+
+
+def _version_dict(v: ModelVersion) -> dict[str, Any]:
+    data = asdict(v)
+    data["aliases"] = list(v.aliases)
+    data["artifacts"] = list(v.artifacts)
+    return data
+
+
+def _run_dict(r: Run) -> dict[str, Any]:
+    return {**asdict(r), "artifacts": list(r.artifacts), "duration": r.duration}
+
+
+# -- loom models ------------------------------------------------------------------------------------------------
+
+
+@click.group("models")
+def models() -> None:
+    """Registered models: list them, inspect versions and lineage, move aliases, delete versions."""
+
+
+@models.command("list")
+@project_option
+@json_option
+def models_list(project: str, as_json: bool) -> None:
+    """Every registered model with its newest version and aliases."""
+    registry = _registry(project)
+    rows = []
+    for name in registry.list_models():
+        versions = registry.list_versions(name)
+        aliases = {a: v.version for v in versions for a in v.aliases}
+        latest = versions[-1] if versions else None
+        rows.append({"name": name, "versions": len(versions), "latest": latest.version if latest else None,
+                     "aliases": dict(sorted(aliases.items())),
+                     "updated_at": latest.created_at if latest else None})
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("model", "versions", "latest", "aliases", "last registered")
+    for r in rows:
+        table.add_row(r["name"], str(r["versions"]), _number(r["latest"]),
+                      ", ".join(f"{a} → {v}" for a, v in r["aliases"].items()) or "-", _when(r["updated_at"]))
+    out.print(table)
+
+
+@models.command("versions")
+@click.argument("name")
+@project_option
+@json_option
+def models_versions(name: str, project: str, as_json: bool) -> None:
+    """Every version of model NAME, oldest first."""
+    versions = _registry(project).list_versions(name)
+    if as_json:
+        _print_json([_version_dict(v) for v in versions])
+        return
+    table = Table("version", "registered", "aliases", "run", "metrics", "description", title=name)
+    for v in versions:
+        table.add_row(str(v.version), _when(v.created_at), ", ".join(v.aliases) or "-", (v.run_id or "-")[:12],
+                      _metrics(v.metrics), v.description or "-")
+    out.print(table)
+
+
+@models.command("show")
+@click.argument("name")
+@click.argument("ref", default=LATEST)
+@project_option
+@json_option
+def models_show(name: str, ref: str, project: str, as_json: bool) -> None:
+    """One version of model NAME (REF: a number, an alias or 'latest', the default) with its lineage."""
+    v = _registry(project).get_version(name, parse_ref(ref))
+    if as_json:
+        _print_json(_version_dict(v))
+        return
+    table = Table(show_header=False, title=f"{v.name} version {v.version}", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("registered", _when(v.created_at))
+    table.add_row("aliases", ", ".join(v.aliases) or "-")
+    table.add_row("run", v.run_id or "-")
+    table.add_row("description", v.description or "-")
+    table.add_row("tags", ", ".join(f"{k}={t}" for k, t in sorted(v.tags.items())) or "-")
+    table.add_row("artifacts", ", ".join(v.artifacts))
+    table.add_row("metrics", _metrics(v.metrics))
+    table.add_row("params", "\n".join(f"{k} = {_value(p)}" for k, p in sorted(v.params.items())) or "-")
+    lineage = v.lineage
+    data = lineage.get("data", {})
+    if data:
+        table.add_row("data", f"{data.get('source', '-')}  ({_number(data.get('rows'))} rows, "
+                              f"fingerprint {str(data.get('fingerprint', '-'))[:16]}…)")
+    features = lineage.get("features", {})
+    if features:
+        table.add_row("features", f"{features.get('store', '-')}:{features.get('view', '-')}  "
+                                  f"{', '.join(features.get('features', []))}")
+    training = lineage.get("training", {})
+    if training:
+        epochs = len(training.get("history", []))
+        table.add_row("training", f"{epochs} epochs on {_number(training.get('train_rows'))} rows in "
+                                  f"{_number(training.get('seconds'))} s")
+    code = lineage.get("code", {})
+    if code:
+        table.add_row("code", f"{code.get('project', '-')} @ {code.get('git_commit') or 'no git commit'}")
+    packages = lineage.get("packages", {})
+    if packages:
+        table.add_row("packages", "  ".join(f"{k} {p}" for k, p in sorted(packages.items())))
+    if lineage.get("reference_profile"):
+        table.add_row("drift reference", str(lineage["reference_profile"]))
+    out.print(table)
+
+
+@models.command("alias")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=int, required=False)
+@click.option("--delete", is_flag=True, help="Remove the alias instead of setting it.")
+@project_option
+def models_alias(name: str, alias: str, version: int | None, delete: bool, project: str) -> None:
+    """Point ALIAS of model NAME at VERSION, or remove it with --delete.
+
+    Example: loom models alias churn production 3
+    """
+    check_alias(alias)
+    registry = _registry(project)
+    if delete:
+        if version is not None:
+            raise click.UsageError("give either a VERSION or --delete, not both")
+        registry.delete_alias(name, alias)
+        out.print(f"removed alias {alias!r} of {name}")
+        return
+    if version is None:
+        raise click.UsageError("missing VERSION (or --delete to remove the alias)")
+    registry.set_alias(name, alias, version)
+    out.print(f"{name}@{alias} → version {version}")
+
+
+@models.command("delete")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@project_option
+def models_delete(name: str, version: int, yes: bool, project: str) -> None:
+    """Delete VERSION of model NAME and the aliases pointing at it (its number is never reused)."""
+    registry = _registry(project)
+    v = registry.get_version(name, version)
+    if v.aliases and not yes:
+        click.confirm(f"{name} version {version} is {', '.join(v.aliases)}; delete it anyway?", abort=True)
+    elif not yes:
+        click.confirm(f"delete {name} version {version}?", abort=True)
+    registry.delete_version(name, version)
+    out.print(f"deleted {name} version {version}")
+
+
+# -- loom runs --------------------------------------------------------------------------------------------------
+
+
+@click.group("runs")
+def runs() -> None:
+    """Tracked training runs: params, metrics over time, status, duration and artifacts; compare them."""
+
+
+@runs.command("list")
+@click.option("-e", "--experiment", help="Only runs of this experiment (default: all).")
+@project_option
+@json_option
+def runs_list(experiment: str | None, project: str, as_json: bool) -> None:
+    """Runs, newest first."""
+    found = _tracker(project).list_runs(experiment)
+    if as_json:
+        _print_json([_run_dict(r) for r in found])
+        return
+    table = Table("run", "experiment", "name", "status", "started", "duration", "metrics")
+    for r in found:
+        table.add_row(r.id, r.experiment, r.name, _status(r.status), _when(r.started_at),
+                      "-" if r.duration is None else f"{r.duration:.1f} s", _metrics(r.metrics))
+    out.print(table)
+
+
+def _status(status: str) -> str:
+    colour = {"finished": "green", "failed": "red", "killed": "yellow"}.get(status, "cyan")
+    return f"[{colour}]{status}[/]"
+
+
+@runs.command("show")
+@click.argument("run_id")
+@project_option
+@json_option
+def runs_show(run_id: str, project: str, as_json: bool) -> None:
+    """One run: params, the history of every metric, and its artifacts."""
+    tracker = _tracker(project)
+    r = tracker.get_run(run_id)
+    history = {key: tracker.metric_history(run_id, key) for key in sorted(r.metrics)}
+    if as_json:
+        _print_json({**_run_dict(r), "history": {k: [asdict(p) for p in points] for k, points in history.items()}})
+        return
+    table = Table(show_header=False, title=f"run {r.id}", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for label, value in (("experiment", r.experiment), ("name", r.name), ("status", _status(r.status)),
+                         ("started", _when(r.started_at)), ("ended", _when(r.ended_at)),
+                         ("duration", "-" if r.duration is None else f"{r.duration:.1f} s"),
+                         ("tags", ", ".join(f"{k}={t}" for k, t in sorted(r.tags.items())) or "-"),
+                         ("artifacts", ", ".join(r.artifacts) or "-"),
+                         ("params", "\n".join(f"{k} = {_value(p)}" for k, p in sorted(r.params.items())) or "-")):
+        table.add_row(label, value)
+    out.print(table)
+    if history:
+        steps = sorted({p.step for points in history.values() for p in points})
+        by_step = {k: {p.step: p.value for p in points} for k, points in history.items()}
+        metrics = Table("step", *history, title="metrics", title_justify="left")
+        for step in steps:
+            metrics.add_row(str(step), *(_number(by_step[k].get(step)) for k in history))
+        out.print(metrics)
+
+
+@runs.command("compare")
+@click.argument("run_ids", nargs=-1, required=True)
+@project_option
+@json_option
+def runs_compare(run_ids: tuple[str, ...], project: str, as_json: bool) -> None:
+    """Runs side by side: every param (those that differ in yellow) and every metric's final value."""
+    if len(run_ids) < 2:
+        raise click.UsageError("give at least two run ids to compare")
+    tracker = _tracker(project)
+    cmp = compare_runs(tracker.get_run(r) for r in run_ids)
+    if as_json:
+        _print_json(cmp.to_dict())
+        return
+    table = Table("", *(f"{r.name}\n{r.id[:12]}" for r in cmp.runs))
+    differing = set(cmp.differing_params)
+    table.add_row("[bold]status", *(_status(r.status) for r in cmp.runs))
+    table.add_row("[bold]duration", *("-" if r.duration is None else f"{r.duration:.1f} s" for r in cmp.runs))
+    for key, values in cmp.params.items():
+        cells = [key, *("-" if v is None else _value(v) for v in values)]
+        table.add_row(*(f"[yellow]{c}[/]" if key in differing else c for c in cells))
+    for key, values in cmp.metrics.items():
+        table.add_row(f"[bold]{key}", *(_number(v) for v in values))
+    out.print(table)

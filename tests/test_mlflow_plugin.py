@@ -1,0 +1,203 @@
+"""The ``mlflow`` registry plugin against a real MLflow (SQLite tracking and registry store, file artifacts), seen
+both through Loom and through MLflow's own client."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import runtime
+from runtime import ConfigError, LoomError, ModelRegistry, Tracker
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from mlflow_store import migrated_store, store_options  # noqa: E402
+
+WEIGHTS = "model.safetensors"
+PLUGINS = "mlflow"
+
+
+@pytest.fixture(autouse=True)
+def _only_this_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOOM_PLUGINS", PLUGINS)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return migrated_store(tmp_path_factory.mktemp("mlflow-template"))
+
+
+def _open(state_dir: Path, **options: object) -> ModelRegistry:
+    return runtime.get_plugins().registry("mlflow", state_dir=state_dir, options=options)
+
+
+@pytest.fixture
+def options(template: Path, tmp_path: Path) -> dict[str, str]:
+    return store_options(template, tmp_path)
+
+
+@pytest.fixture
+def reg(tmp_path: Path, options: dict[str, str]) -> ModelRegistry:
+    return _open(tmp_path, **options)
+
+
+def _client(options: dict[str, str]) -> MlflowClient:
+    return MlflowClient(tracking_uri=options["tracking_uri"], registry_uri=options["tracking_uri"])
+
+
+# -- child-process bodies (module level so the spawn context can import them) ---------------------------------
+
+
+def _register_one(state_dir: str, options: dict[str, str], i: int, start: multiprocessing.synchronize.Barrier) -> None:
+    import os
+
+    os.environ["LOOM_PLUGINS"] = PLUGINS
+    reg = _open(Path(state_dir), **options)
+    reg.client.search_experiments()  # connect before the start line, so registrations really overlap
+    start.wait(300)
+    reg.register("m", {WEIGHTS: f"w{i}".encode()}, params={"worker": i})
+
+
+def _register_and_hang(state_dir: str, options: dict[str, str], ready: multiprocessing.synchronize.Event) -> None:
+    import os
+
+    os.environ["LOOM_PLUGINS"] = PLUGINS
+    reg = _open(Path(state_dir), **options)
+
+    def hang(name: str) -> None:
+        ready.set()
+        time.sleep(120)  # the parent SIGKILLs us here, after the upload, before the version exists
+
+    reg._before_create = hang  # type: ignore[attr-defined]
+    reg.register("m", {WEIGHTS: b"never registered"}, alias="production")
+
+
+# -- construction ---------------------------------------------------------------------------------------------
+
+
+def test_core_never_imports_mlflow() -> None:
+    code = ("import sys, runtime, runtime.pipeline, runtime.cli, runtime.cli_models; runtime.get_plugins(); "
+            "assert 'mlflow' not in sys.modules, 'mlflow was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, env={"LOOM_PLUGINS": "mlflow,local_registry",
+                                                                  "PATH": ""})
+
+
+def test_default_store_is_a_sqlite_database_in_the_state_dir(tmp_path: Path) -> None:
+    reg = _open(tmp_path)
+    assert isinstance(reg, ModelRegistry) and isinstance(reg, Tracker)
+    assert reg.tracking_uri == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    assert reg.artifact_root == (tmp_path / "mlflow" / "artifacts").as_uri()
+    relative = _open(tmp_path, tracking_uri="sqlite:///elsewhere/m.db", artifact_root="blobs")
+    assert relative.tracking_uri == f"sqlite:///{tmp_path / 'elsewhere' / 'm.db'}"
+    assert relative.artifact_root == (tmp_path / "blobs").as_uri()
+    with pytest.raises(ConfigError, match="'colour'"):
+        _open(tmp_path, colour="blue")
+
+
+# -- what MLflow sees -----------------------------------------------------------------------------------------
+
+
+def test_runs_versions_and_aliases_are_mlflow_entities(reg: ModelRegistry, options: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    run = reg.start_run("churn", name="train-1", params={"lr": 0.003, "hidden": [64, 32], "optimizer": "adam"})
+    for epoch, auc in enumerate([0.7, 0.8], start=1):
+        reg.log_metrics(run.id, {"val_auc": auc}, step=epoch)
+    reg.end_run(run.id)
+    v = reg.register("churn", {WEIGHTS: b"weights", "model.json": b"{}"}, metrics={"val_auc": 0.8},
+                     tags={"team": "growth"}, description="first", alias="production", run_id=run.id)
+
+    client = _client(options)
+    got = client.get_run(run.id)
+    assert got.info.run_name == "train-1" and got.info.status == "FINISHED"
+    assert client.get_experiment(got.info.experiment_id).name == "churn"
+    assert got.data.params == {"lr": "0.003", "hidden": "[64, 32]", "optimizer": "adam"}
+    assert [(m.step, m.value) for m in client.get_metric_history(run.id, "val_auc")] == [(1, 0.7), (2, 0.8)]
+    mv = client.get_model_version_by_alias("churn", "production")
+    assert (int(mv.version), mv.run_id, mv.description) == (v.version, run.id, "first")
+    assert mv.tags["team"] == "growth"
+    files = {f.path.rsplit("/", 1)[-1] for f in client.list_artifacts(run.id, mv.tags["loom.artifact_path"])}
+    assert files == {WEIGHTS, "model.json", "loom-version.json"}  # no MLmodel, no pickle
+    assert mv.source.startswith(got.info.artifact_uri)
+    assert str(tmp_path / "mlflow-artifacts" / "churn") in mv.source
+
+
+def test_a_version_registered_in_mlflow_directly_is_refused_clearly(reg: ModelRegistry,
+                                                                     options: dict[str, str]) -> None:
+    client = _client(options)
+    client.create_registered_model("foreign")
+    client.create_model_version("foreign", "file:///nowhere")
+    with pytest.raises(LoomError, match="not registered through Loom"):
+        reg.get_version("foreign", 1)
+
+
+def test_corrupted_artifact_is_detected(reg: ModelRegistry, options: dict[str, str]) -> None:
+    reg.register("m", {WEIGHTS: b"good weights"})
+    mv = _client(options).get_model_version("m", "1")
+    path = Path(mv.source.removeprefix("file://")) / WEIGHTS
+    path.write_bytes(b"bad weights!")
+    with pytest.raises(LoomError, match="corrupt"):
+        reg.read_artifact("m", 1, WEIGHTS)
+    path.unlink()
+    with pytest.raises(LoomError, match="could not be read"):
+        reg.read_artifact("m", 1, WEIGHTS)
+
+
+def test_long_params_are_refused_not_truncated(reg: ModelRegistry) -> None:
+    run = reg.start_run("exp")
+    with pytest.raises(LoomError, match="at most 6000"):
+        reg.log_params(run.id, {"big": "x" * 7000})
+
+
+# -- concurrency and crashes -----------------------------------------------------------------------------------
+
+
+def test_sixteen_concurrent_processes_get_distinct_consecutive_versions(reg: ModelRegistry, tmp_path: Path,
+                                                                         options: dict[str, str]) -> None:
+    """MLflow allocates version numbers by reading the maximum and inserting the next; on SQLite, concurrent
+    writers fail with "database is locked". The plugin retries them until each has its own number."""
+    reg.register("m", {WEIGHTS: b"first"})
+    ctx = multiprocessing.get_context("forkserver")  # children fork from a clean server that imported MLflow once
+    ctx.set_forkserver_preload(["loom_mlflow._registry", "mlflow.store.tracking.sqlalchemy_store",
+                                "mlflow.store.model_registry.sqlalchemy_store", __name__])
+    start = ctx.Barrier(17)  # passed once every child has connected: all sixteen then register at once
+    procs = [ctx.Process(target=_register_one, args=(str(tmp_path), options, i, start)) for i in range(16)]
+    for p in procs:
+        p.start()
+    start.wait(300)
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 16
+    versions = reg.list_versions("m")
+    assert [v.version for v in versions] == list(range(1, 18))
+    assert sorted(v.params["worker"] for v in versions[1:]) == list(range(16))
+    for v in versions[1:]:
+        assert reg.read_artifact("m", v.version, WEIGHTS) == f"w{v.params['worker']}".encode()
+
+
+def test_process_killed_mid_registration_leaves_no_version(reg: ModelRegistry, tmp_path: Path,
+                                                            options: dict[str, str]) -> None:
+    reg.register("m", {WEIGHTS: b"v1"}, alias="production")
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    child = ctx.Process(target=_register_and_hang, args=(str(tmp_path), options, ready))
+    child.start()
+    try:
+        assert ready.wait(90), "child never reached the point before the version is created"
+    finally:
+        child.kill()
+        child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    assert [v.version for v in reg.list_versions("m")] == [1]
+    assert reg.get_version("m", "production").version == 1
+    assert reg.register("m", {WEIGHTS: b"v2"}).version == 2
+    uploaded = list((tmp_path / "mlflow-artifacts").rglob(WEIGHTS))
+    assert len(uploaded) == 3  # the killed registration's upload is left unreferenced, never half-visible
