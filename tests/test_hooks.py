@@ -8,7 +8,7 @@ in tests/test_plugins.py and tests/test_plugin_packages.py.
 
 from __future__ import annotations
 
-import io
+import json
 import os
 import shutil
 import subprocess
@@ -48,24 +48,19 @@ def project(generated: Path, tmp_path: Path):
     return make
 
 
-def untrained(pipe: Pipeline, data) -> Any:
-    """What :meth:`Pipeline.train` returns, without Ray: a real model bundle with initial weights, and a reference
-    sample for drift checks."""
+def untrained(pipe: Pipeline, data, service) -> Any:
+    """What :meth:`Pipeline.train` returns, without Ray: a real model bundle with initial weights."""
     from runtime.model import ModelBundle, Preprocessor, TabularMLP
-    from runtime.pipeline import REFERENCE, Trained
+    from runtime.pipeline import Trained
 
-    d = pipe.project.config.data
-    schema = {c: d.columns[c] for c in d.feature_columns}
+    cfg = pipe.project.config
+    schema = {c: cfg.feature_definitions.columns[c] for c in service.features}
     pre = Preprocessor.fit(data.frame, schema)
     kwargs = {"n_inputs": pre.n_features, "hidden": [8], "n_classes": 2, "dropout": 0.0}
     bundle = ModelBundle(architecture="runtime.model:TabularMLP", kwargs=kwargs, preprocessor=pre,
                          classes=[False, True], inputs={c: s.model_dump(exclude_none=True) for c, s in schema.items()},
-                         label=d.label, state_dict=TabularMLP(**kwargs).state_dict())
-    artifacts = bundle.to_artifacts()
-    buf = io.BytesIO()
-    data.frame[d.feature_columns].sample(500, random_state=0).reset_index(drop=True).to_parquet(buf, index=False)
-    artifacts[REFERENCE] = buf.getvalue()
-    return Trained(artifacts=artifacts, params={"hidden": [8]}, metrics={"val_auc": 0.5}, history=[],
+                         label=cfg.data.label, state_dict=TabularMLP(**kwargs).state_dict())
+    return Trained(artifacts=bundle.to_artifacts(), params={"hidden": [8]}, metrics={"val_auc": 0.5}, history=[],
                    train_rows=len(data.frame), seconds=0.0)
 
 
@@ -93,11 +88,6 @@ class Recorder:
     @hookimpl
     def loom_model_deployed(self, model, version, url):
         self.calls.append(("loom_model_deployed", {"model": model, "version": version, "url": url}))
-
-    @hookimpl
-    def loom_drift_detected(self, model, version, report):
-        self.calls.append(("loom_drift_detected", {"model": model, "version": version, "report": report}))
-        return True
 
     @hookimpl
     def loom_on_error(self, stage, error):
@@ -156,7 +146,7 @@ def test_loom_register_data_sources_scheme_feeds_the_pipeline(project):
             register("memory-table", factory)
 
     data = Pipeline(proj, plugins=get_plugins([MemoryTables()])).ingest()
-    assert opened == [("memory-table://customers", proj.root, {"rows": 300})]
+    assert opened and all(o == ("memory-table://customers", proj.root, {"rows": 300}) for o in opened)
     assert len(data.frame) == 300 and data.fingerprint == runtime.hash_frame(raw.head(300))
     assert str(data.frame["event_time"].dtype).startswith("datetime64")  # validated against loom.yaml's schema
 
@@ -177,10 +167,12 @@ def test_loom_register_feature_stores_store_gets_the_features(project):
             register("spied", factory)
 
     pipe = Pipeline(proj, plugins=get_plugins([SpiedStore()]))
-    view = pipe.write_features(pipe.ingest())
+    service = pipe.write_features(pipe.ingest())
     assert built == [(proj.state_dir, {"tier": "hot"})]
-    assert stores[0].called[:3] == ["apply", "write", "materialize"]
+    called = stores[0].called
+    assert called.index("apply") < called.index("write") < called.index("materialize")
     keys = pd.read_csv(proj.root / "data" / "customers.csv")["customer_id"].unique()[:3].tolist()
+    [view] = service.projections
     online = pipe.feature_store.get_online_features(view.name, keys, ["contract"])
     assert len(online) == 3 and online["contract"].notna().all()
 
@@ -202,89 +194,12 @@ def test_loom_register_registries_registry_stores_each_version(project):
 
     pipe = Pipeline(proj, plugins=get_plugins([Audited()]))
     data = pipe.ingest()
-    version = pipe.register(untrained(pipe, data), data, pipe.feature_view())
+    service = pipe.write_features(data)
+    version = pipe.register(untrained(pipe, data, service), data, service)
     assert built == [(proj.state_dir, {"bucket": "models"})]
     assert registries[0].called == ["register"]
     assert pipe.registry.get_version("churn", "production").version == version.version
     assert version.lineage["data"]["fingerprint"] == data.fingerprint
-
-
-class FixedMonitor:
-    """A drift monitor whose verdict is an option: it records what it was asked to compare."""
-
-    def __init__(self, drifted: bool) -> None:
-        self.drifted = drifted
-        self.checked: list[tuple[pd.DataFrame, pd.DataFrame, list[str], list[str]]] = []
-
-    def check(self, reference, current, *, numerical, categorical):
-        self.checked.append((reference, current, numerical, categorical))
-        columns = numerical + categorical
-        return runtime.DriftReport(
-            monitor="fixed", drifted=self.drifted, share_drifted=float(self.drifted), n_reference=len(reference),
-            n_current=len(current),
-            features=tuple(runtime.FeatureDrift(c, self.drifted, 0.0, "fixed", 0.5) for c in columns))
-
-    def html_report(self, reference, current, *, numerical, categorical):
-        return "<p>fixed</p>"
-
-
-@pytest.fixture
-def serving(project):
-    """A project with a registered (untrained) model, and a function serving it in this process."""
-    proj = project(monitoring={"monitor": "fixed", "options": {"drifted": True}})
-    pipe = Pipeline(proj, plugins=get_plugins(entrypoints=True))
-    data = pipe.ingest()
-    pipe.register(untrained(pipe, data), data, pipe.feature_view())
-
-    def serve(*plugins: Any):
-        from runtime.serving.server import ModelServer
-
-        server = ModelServer(proj, get_plugins(plugins), {"churn": "production"})
-        served = server.get("churn")
-        rows = data.frame[pipe.project.config.data.feature_columns].head(200)
-        server.predict(served, {c: rows[c].to_numpy() for c in rows.columns})
-        return server
-
-    return serve
-
-
-def test_loom_register_drift_monitors_monitor_checks_served_traffic(serving):
-    monitors: list[FixedMonitor] = []
-
-    class Fixed:
-        @hookimpl
-        def loom_register_drift_monitors(self, register):
-            def factory(*, options):
-                monitors.append(FixedMonitor(**options))
-                return monitors[-1]
-
-            register("fixed", factory)
-
-    out = serving(Fixed()).drift("churn")
-    [monitor] = monitors
-    assert monitor.drifted is True  # options from loom.yaml's monitoring.options
-    [(reference, current, numerical, categorical)] = monitor.checked
-    assert (len(reference), len(current)) == (500, 200)
-    assert "contract" in categorical and "monthly_charges" in numerical
-    assert (out["monitor"], out["drifted"], out["model"], out["n_current"]) == ("fixed", True, "churn", 200)
-
-
-def test_loom_drift_detected_gets_the_report_only_when_drift_is_found(serving):
-    class Fixed:
-        def __init__(self, drifted: bool) -> None:
-            self.drifted = drifted
-
-        @hookimpl
-        def loom_register_drift_monitors(self, register):
-            register("fixed", lambda *, options: FixedMonitor(self.drifted))
-
-    calm, hot = Recorder(), Recorder()
-    serving(Fixed(False), calm).drift("churn")
-    assert calm.seen("loom_drift_detected") == []
-    out = serving(Fixed(True), hot).drift("churn")
-    [call] = hot.seen("loom_drift_detected")
-    assert (call["model"], call["version"]) == ("churn", out["version"])
-    assert call["report"].drifted and call["report"].n_current == 200
 
 
 def test_loom_register_commands_adds_a_command_to_the_cli(tmp_path):
@@ -334,7 +249,8 @@ def test_loom_model_registered_gets_the_committed_version(project):
     recorder = Recorder()
     pipe = Pipeline(project(), plugins=get_plugins([recorder]))
     data = pipe.ingest()
-    version = pipe.register(untrained(pipe, data), data, pipe.feature_view())
+    service = pipe.write_features(data)
+    version = pipe.register(untrained(pipe, data, service), data, service)
     [call] = recorder.seen("loom_model_registered")
     assert call["project"] is pipe.project
     assert call["version"] == version == pipe.registry.get_version("churn", "production")
@@ -364,26 +280,90 @@ def test_loom_on_error_hears_the_failed_stage_and_cannot_mask_it(project, caplog
     assert "plugin 'FailingReporter' failed in hook loom_on_error: RuntimeError: pager is down" in caplog.text
 
 
-# -- life-cycle hooks that need Ray Train and Ray Serve -------------------------------------------------------------
+# -- hooks that need Ray Train and Ray Serve ------------------------------------------------------------------------
+
+#: A plugin module in the project directory, named by ``plugins:`` in loom.yaml, so that the Serve replica loads it:
+#: drift monitors and ``loom_drift_detected`` run there. It records drift events in the project's state directory.
+PROBE = """
+import json
+
+from runtime import DriftReport, FeatureDrift, hookimpl
+
+
+class MeanShift:
+    '''Drift when a numerical column's mean moved by more than ``sigmas`` reference standard deviations.'''
+
+    def __init__(self, sigmas):
+        self.sigmas = sigmas
+
+    def check(self, reference, current, *, numerical, categorical):
+        features = []
+        for col in numerical:
+            ref, cur = reference[col].astype(float), current[col].astype(float)
+            shift = abs(cur.mean() - ref.mean()) / (ref.std() or 1.0)
+            features.append(FeatureDrift(col, bool(shift > self.sigmas), float(shift), "mean-shift", self.sigmas))
+        share = sum(f.drifted for f in features) / len(features)
+        return DriftReport("mean-shift", share > 0, share, len(reference), len(current), tuple(features))
+
+    def html_report(self, reference, current, *, numerical, categorical):
+        return "<p>mean shift</p>"
+
+
+@hookimpl
+def loom_register_drift_monitors(register):
+    register("mean-shift", lambda *, options: MeanShift(**options))
+
+
+@hookimpl
+def loom_drift_detected(project, model, version, report):
+    event = {"model": model, "version": version, "monitor": report.monitor, "n_current": report.n_current,
+             "drifted": [f.column for f in report.features if f.drifted]}
+    with open(project.state_dir / "drift-events.jsonl", "a") as f:
+        f.write(json.dumps(event) + "\\n")
+    return True
+"""
+
+FEATURES = ["tenure_months", "monthly_charges", "total_charges", "support_calls", "paperless_billing", "contract",
+            "internet_service", "payment_method"]
 
 
 @pytest.fixture(scope="module")
 def deployed(ray_cluster, serve_port, generated, tmp_path_factory):
-    """One short real run (1 worker, 1 epoch) through training, registration and deployment, with a recorder."""
+    """One short real run (1 worker, 1 epoch) through training, registration and deployment, with a recorder in
+    the driver and the probe plugin in the Serve replica."""
     root = tmp_path_factory.mktemp("deployed") / "project"
     shutil.copytree(generated, root, ignore=shutil.ignore_patterns(".loom"))
+    (root / "loom_probe.py").write_text(PROBE)
     cfg = yaml.safe_load((root / "loom.yaml").read_text())
+    cfg["plugins"] = ["loom_probe"]
     cfg["training"].update(workers=1, epochs=1)
     cfg["serving"]["port"] = serve_port
+    cfg["monitoring"].update(monitor="mean-shift", options={"sigmas": 1.0}, window=200)
     (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     recorder = Recorder()
-    pipe = Pipeline(root, plugins=get_plugins([recorder]))
-    return pipe, pipe.up(), recorder
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(root))  # as Ray's runtime_env does for Train workers and Serve replicas
+        pipe = Pipeline(root, plugins=get_plugins([recorder]))
+        result = pipe.up()
+        client = httpx.Client(base_url=result.url, timeout=60)
+        yield pipe, result, recorder, client
+        client.close()
+
+
+def drift_events(pipe: Pipeline) -> list[dict[str, Any]]:
+    path = pipe.project.state_dir / "drift-events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def serve_rows(client: httpx.Client, rows: pd.DataFrame) -> None:
+    r = client.post("/predict/churn", content=rows[FEATURES].to_json(orient="records"),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.slow
 def test_loom_after_training_gets_the_final_metrics(deployed):
-    pipe, result, recorder = deployed
+    pipe, result, recorder, _ = deployed
     [call] = recorder.seen("loom_after_training")
     assert [e["epoch"] for e in call["history"]] == [1]
     assert 0 <= call["metrics"]["val_auc"] <= 1
@@ -395,7 +375,34 @@ def test_loom_after_training_gets_the_final_metrics(deployed):
 
 @pytest.mark.slow
 def test_loom_model_deployed_url_answers(deployed):
-    _, result, recorder = deployed
+    _, result, recorder, client = deployed
     [call] = recorder.seen("loom_model_deployed")
     assert (call["model"], call["version"], call["url"]) == ("churn", result.version.version, result.url)
-    assert httpx.get(f"{call['url']}/v2/models/churn/ready", timeout=30).json()["ready"] is True
+    assert client.get(f"{call['url']}/v2/models/churn/ready").json()["ready"] is True
+
+
+@pytest.mark.slow
+def test_loom_register_drift_monitors_monitor_checks_served_traffic(deployed, generated):
+    """The replica builds the monitor named in loom.yaml, from a plugin, with ``monitoring.options``."""
+    _, _, _, client = deployed
+    serve_rows(client, pd.read_csv(generated / "data" / "customers.csv").head(200))
+    report = client.get("/monitoring/churn/drift").json()
+    assert (report["monitor"], report["n_current"]) == ("mean-shift", 200)
+    assert {f["threshold"] for f in report["features"].values()} == {1.0}
+    assert set(report["features"]) == {"tenure_months", "monthly_charges", "total_charges", "support_calls",
+                                       "paperless_billing"}  # the numerical inputs
+
+
+@pytest.mark.slow
+def test_loom_drift_detected_runs_in_the_replica_only_on_drift(deployed, generated):
+    pipe, result, _, client = deployed
+    rows = pd.read_csv(generated / "data" / "customers.csv")
+    serve_rows(client, rows.iloc[200:400])
+    assert not client.get("/monitoring/churn/drift").json()["drifted"]
+    assert drift_events(pipe) == []
+    shifted = rows.iloc[400:600].assign(support_calls=lambda f: f["support_calls"] + 20)
+    serve_rows(client, shifted)
+    report = client.get("/monitoring/churn/drift").json()
+    assert report["drifted"]
+    assert drift_events(pipe) == [{"model": "churn", "version": result.version.version, "monitor": "mean-shift",
+                                   "n_current": 200, "drifted": ["support_calls"]}]
