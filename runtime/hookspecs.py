@@ -2,7 +2,8 @@
 
 Plugins implement hooks with ``@runtime.hookimpl`` and are found through the ``loom`` entry-point group.
 Hook implementations may declare any subset of a hook's parameters (pluggy passes only those), so new
-parameters can be added later without breaking plugins.
+parameters can be added later without breaking plugins. docs/plugins.md documents each hook with an example;
+tests/test_docs.py fails when a hook here is missing there or has no test in tests/test_hooks.py.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def loom_register_data_sources(register: Register) -> None:
         :class:`runtime.DataSource`. ``scheme`` is the part before ``://`` (``csv``, ``parquet``, ...).
     :return: nothing; return values are ignored.
 
-    Since 0.1.0. Implemented by ``loom_files``.
+    Since 0.1.0. Built-ins: ``files`` (``csv``, ``parquet``, ``file``, ...), ``sql`` (``sqlite``, ``postgresql``).
     """
 
 
@@ -49,7 +50,7 @@ def loom_register_feature_stores(register: Register) -> None:
         :class:`runtime.FeatureStore`.
     :return: nothing.
 
-    Since 0.1.0. Implemented by ``loom_local_features`` (``local``).
+    Since 0.1.0. Built-ins: ``local_features`` (``local``), ``feast`` (``feast``).
     """
 
 
@@ -61,7 +62,7 @@ def loom_register_registries(register: Register) -> None:
         :class:`runtime.ModelRegistry`.
     :return: nothing.
 
-    Since 0.1.0. Implemented by ``loom_local_registry`` (``local``).
+    Since 0.1.0. Built-ins: ``local_registry`` (``local``), ``mlflow`` (``mlflow``).
     """
 
 
@@ -72,7 +73,7 @@ def loom_register_drift_monitors(register: Register) -> None:
     :param register: ``register(name, factory)``; ``factory(*, options)`` returns a :class:`runtime.DriftMonitor`.
     :return: nothing.
 
-    Since 0.1.0. Implemented by ``loom_evidently`` (``evidently``).
+    Since 0.1.0. Built-in: ``evidently``.
     """
 
 
@@ -82,6 +83,8 @@ def loom_register_commands(cli: click.Group) -> None:
 
     :param cli: the top-level :class:`click.Group`; call ``cli.add_command(...)`` or use ``@cli.command()``.
     :return: nothing.
+
+    Called when the CLI lists its commands or meets one it does not define; only installed plugins are asked.
 
     Since 0.1.0.
     """
@@ -149,7 +152,9 @@ def loom_drift_detected(project: Project, model: str, version: int, report: Drif
     :param model: model name.
     :param version: the version whose traffic drifted.
     :param report: the :class:`runtime.DriftReport`.
-    :return: ``True`` to ask for a retrain; ``None``/``False`` to leave it.
+    :return: ``True`` to ask for a retrain; ``None``/``False`` to leave it. (Nothing acts on the request yet.)
+
+    Called in the Serve replica whose captured traffic was checked; the drift check's response waits for it.
 
     Since 0.1.0.
     """
