@@ -205,6 +205,8 @@ def resolve_features(data: DataConfig, features: FeaturesConfig) -> FeatureDefin
         for f in chosen:
             if f not in cols or f in (key, timestamp):
                 raise ConfigError(f"{where}: feature {f!r} is not a declared column of the view's source")
+            if spec.source is None and f == data.label:
+                raise ConfigError(f"{where}: {f!r} is the label (data.label); a feature made of it would leak it")
             if f in columns and columns[f] != cols[f]:
                 raise ConfigError(f"{where}: feature {f!r} is declared differently in another view")
             columns[f] = cols[f]

@@ -17,6 +17,7 @@ from runtime import (
     coerce_frame,
     get_plugins,
     load_project,
+    validate_batches,
     validate_frame,
 )
 
@@ -224,6 +225,99 @@ def test_vectorised_on_many_rows() -> None:
     start = time.perf_counter()
     report = validate_frame(df, columns, source=SRC)
     assert report.rows == n and time.perf_counter() - start < 5
+
+
+# -- column declarations ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"type": "string", "min": 1}, "min/max apply to int and float"),
+     ({"type": "timestamp", "max": 3}, "min/max apply to int and float"),
+     ({"type": "int", "min": 5, "max": 1}, "greater than max"),
+     ({"type": "string", "categories": ["a"]}, "categories apply to category columns"),
+     ({"type": "category", "categories": []}, "non-empty"),
+     ({"type": "category", "categories": ["a", "a"]}, "distinct")],
+)
+def test_checks_that_do_not_fit_the_type_are_refused(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ColumnSpec(**kwargs)
+
+
+def test_column_declarations_are_checked_when_the_project_loads(tmp_path: Path) -> None:
+    import yaml
+
+    from runtime import ConfigError
+
+    cfg = yaml.safe_load((QUICKSTART / "loom.yaml").read_text())
+    cfg["data"]["columns"]["contract"] = {"type": "string", "categories": ["a", "b"]}
+    (tmp_path / "loom.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"data\.columns\.contract.*categories apply to category columns"):
+        load_project(tmp_path)
+
+
+# -- validating in batches, with a bad-row policy --------------------------------------------------------------
+
+
+COLUMNS = {"id": spec("int", nullable=False), "x": spec("float", min=0), "k": spec("category", categories=["a", "b"])}
+
+
+def batches() -> list[pd.DataFrame]:
+    return [pd.DataFrame({"id": ["1", "2", "3"], "x": [0.5, -1.0, 2.0], "k": ["a", "b", "a"], "extra": [1, 2, 3]}),
+            pd.DataFrame({"id": ["4", "oops", "6", "7"], "x": [1.0, 1.0, 1.0, 3.0], "k": ["a", "a", "z", "b"],
+                          "extra": [4, 5, 6, 7]})]
+
+
+def test_reject_reports_every_problem_with_rows_numbered_across_batches() -> None:
+    with pytest.raises(DataValidationError) as err:
+        validate_batches(batches(), COLUMNS, source=SRC)
+    assert err.value.problems == [
+        f"{SRC}: column 'id': 1 value cannot be coerced to int (e.g. row 4: 'oops')",
+        f"{SRC}: column 'x': 1 value below min 0 (e.g. row 1: -1.0)",
+        f"{SRC}: column 'k': 1 value not in categories ['a', 'b'] (e.g. row 5: 'z')",
+        f"{SRC}: 3 of 7 rows have problems",
+    ]
+
+
+def test_valid_batches_give_one_coerced_frame() -> None:
+    good = [pd.DataFrame({"id": [1, 2], "x": [0.0, 1.0], "k": ["a", "b"]}),
+            pd.DataFrame({"id": [3], "x": [None], "k": [None]})]
+    report = validate_batches(good, COLUMNS, source=SRC)
+    assert report.ok and report.rows == 3 and report.quarantined == 0 and report.quarantine_file is None
+    assert report.frame["id"].tolist() == [1, 2, 3] and list(report.frame.index) == [0, 1, 2]
+
+
+def test_quarantine_keeps_good_rows_and_writes_bad_ones_with_reasons(tmp_path: Path) -> None:
+    report = validate_batches(batches(), COLUMNS, source=SRC, policy="quarantine", quarantine_dir=tmp_path / "q",
+                              max_fraction=0.5)
+    assert report.rows == 7 and report.bad_rows == 3 and report.quarantined == 3
+    assert report.frame["id"].tolist() == [1, 3, 4, 7]  # never silently dropped: the others are in the file
+    assert len(report.problems) == 3
+    bad = pd.read_csv(report.quarantine_file)
+    assert list(bad.columns) == ["_loom_row", "id", "x", "k", "_loom_problems"]
+    assert bad["_loom_row"].tolist() == [1, 4, 5]
+    assert bad["id"].astype(str).tolist() == ["2", "oops", "6"]  # the values as they were read
+    assert bad["_loom_problems"].tolist() == ["x: value below min 0", "id: value cannot be coerced to int",
+                                              "k: value not in categories ['a', 'b']"]
+
+
+def test_quarantine_still_fails_on_too_many_bad_rows_or_a_broken_column(tmp_path: Path) -> None:
+    with pytest.raises(DataValidationError, match=r"3 of 7 rows have problems, more than max_fraction 0.1 "
+                                                  r"\(bad rows kept in .*quarantine-"):
+        validate_batches(batches(), COLUMNS, source=SRC, policy="quarantine", quarantine_dir=tmp_path,
+                         max_fraction=0.1)
+    no_k = [b.drop(columns=["k"]) for b in batches()]
+    with pytest.raises(DataValidationError, match="column 'k' is missing"):
+        validate_batches(no_k, COLUMNS, source=SRC, policy="quarantine", quarantine_dir=tmp_path)
+    empty = [pd.DataFrame({"id": [1], "x": [None], "k": ["a"]}), pd.DataFrame({"id": [2], "x": [None], "k": ["b"]})]
+    with pytest.raises(DataValidationError, match="column 'x' is entirely null"):
+        validate_batches(empty, COLUMNS, source=SRC, policy="quarantine", quarantine_dir=tmp_path)
+
+
+def test_empty_columns_can_be_accepted_for_small_pushes() -> None:
+    report = validate_frame(pd.DataFrame({"id": [1], "x": [None], "k": ["a"]}), COLUMNS, source=SRC,
+                            empty_columns=True)
+    assert report.ok
 
 
 # -- the quickstart data set -----------------------------------------------------------------------------------
