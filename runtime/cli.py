@@ -16,6 +16,7 @@ from ._version import __version__
 from .cli_plugin import plugin_group
 from .cli_cluster import submit
 from .cli_features import features
+from .cli_serving import COMMANDS as serving_commands
 from .cli_models import models, runs
 from .config import Project, load_project
 from .errors import LoomError
@@ -153,13 +154,21 @@ def train(project: str) -> None:
 @click.option("--port", type=int, help="HTTP port (overrides serving.port).")
 @click.option("--host", help="Interface to bind (overrides serving.host).")
 @click.option("--detach", is_flag=True, help="Return once the model answers.")
-def deploy(project: str, ref: str | None, port: int | None, host: str | None, detach: bool) -> None:
-    """Serve a registered model version with Ray Serve."""
+@click.option("--canary", type=click.IntRange(1, 99), help="Serve the version as a canary taking this percentage of "
+              "traffic next to the running version (acts on the running cluster; see `loom promote`).")
+@click.option("--address", help="Ray cluster to deploy to (default: $RAY_ADDRESS, else an embedded one; with "
+              "--canary, the cluster running on this machine).")
+def deploy(project: str, ref: str | None, port: int | None, host: str | None, detach: bool, canary: int | None,
+           address: str | None) -> None:
+    """Serve a registered model version with Ray Serve, or roll it out as a canary."""
+    from .cli_serving import attach
     from .pipeline import Pipeline
 
     proj = _project(project, port=port, host=host)
-    url = Pipeline(proj, console=console).deploy(ref)
-    if detach:
+    if canary is not None or address:
+        attach(address)
+    url = Pipeline(proj, console=console).deploy(ref, canary=canary)
+    if detach or canary is not None:
         out.print(url)
         return
     _serve_forever(proj, url)
@@ -216,6 +225,9 @@ cli.add_command(submit)
 cli.add_command(features)
 cli.add_command(models)
 cli.add_command(runs)
+
+for _command in serving_commands:
+    cli.add_command(_command)
 
 
 def main() -> None:

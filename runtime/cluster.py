@@ -28,6 +28,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
         if address:
             ray.init(address=address, **common)
         else:
+            from .serving.ingress import configure_environment
+
+            configure_environment()  # HAProxy ingress for Ray Serve; read by every process of the cluster
             # The dashboard (bound to loopback) backs Ray's state and jobs APIs, which Ray Train uses.
             ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=True,
                      dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **common)

@@ -278,18 +278,55 @@ class RegistryConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="Options passed to the registry plugin.")
 
 
+class AutoscalingConfig(_Strict):
+    """Ray Serve autoscaling of the serving replicas, used instead of a fixed ``replicas`` count."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 lets an idle application scale to zero.")
+    max_replicas: int = Field(2, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(32, gt=0, description="In-flight requests per replica to aim for.")
+    upscale_delay_s: float = Field(5, ge=0, description="Load must stay high this long before adding replicas.")
+    downscale_delay_s: float = Field(60, ge=0, description="Load must stay low this long before removing replicas.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
 class ServingConfig(_Strict):
-    """The Ray Serve HTTP application."""
+    """The Ray Serve HTTP application: one ingress deployment that holds every served model version in-process."""
 
     host: str = Field("127.0.0.1", description="Interface to bind; 127.0.0.1 unless you mean to expose it.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
-    replicas: int = Field(1, ge=1, description="Serving replicas.")
+    route_prefix: str = Field("/", description="URL prefix of the application, e.g. /churn; '/' serves at the root.")
+    replicas: int = Field(1, ge=1, description="Serving replicas (ignored when `autoscaling` is set).")
+    autoscaling: AutoscalingConfig | None = Field(None, description="Autoscale replicas instead of a fixed count.")
     replica_cpus: float = Field(0.5, gt=0, description="Logical CPUs reserved per replica.")
-    max_ongoing_requests: int = Field(64, ge=1, description="Concurrent requests a replica accepts.")
+    max_ongoing_requests: int = Field(128, ge=1, description="Requests a replica works on at once; they share "
+                                      "dynamic batches.")
+    max_queued_requests: int = Field(
+        256, ge=-1, description="Requests a replica holds beyond max_ongoing_requests; more are refused at once "
+        "with `overload_status` and Retry-After (-1: unbounded, never refuse).")
+    overload_status: Literal[503, 429] = Field(503, description="Status answered to refused requests.")
+    retry_after_s: float = Field(1, ge=0, description="Retry-After sent with refused requests, in seconds.")
+    max_batch_size: int = Field(64, ge=1, description="Most rows one forward pass takes (dynamic batching).")
+    batch_wait_ms: float = Field(
+        0, ge=0, le=1000, description="How long a forming batch waits for more requests. 0: run as soon as the "
+        "model is free; batches still form from requests that arrive meanwhile, without adding latency.")
+    health_check_period_s: float = Field(5, gt=0, description="Seconds between replica health checks.")
+    health_check_timeout_s: float = Field(10, gt=0, description="A health check slower than this fails.")
     auth_token_env: str | None = Field(
-        None, description="Environment variable holding a bearer token; when set, inference needs it."
-    )
+        None, description="Environment variable holding a bearer token; when set, inference and admin routes need "
+        "it (health probes stay open).")
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest accepted request body (413 above).")
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v.startswith("/") or (v != "/" and v.endswith("/")) or "//" in v or ".." in v:
+            raise ValueError(f"route_prefix {v!r} must start with '/' and not end with one, e.g. /churn")
+        return v
 
 
 class MonitoringConfig(_Strict):

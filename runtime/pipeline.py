@@ -295,17 +295,19 @@ class Pipeline:
         self.plugins.call("loom_model_registered", project=self.project, version=version)
         return version
 
-    def deploy(self, ref: int | str | None = None) -> str:
-        """Serve the model (the configured alias by default) with Ray Serve; return the base URL."""
+    def deploy(self, ref: int | str | None = None, *, canary: int | None = None) -> str:
+        """Serve the model (the configured alias by default) with Ray Serve, with all traffic or as a canary taking
+        ``canary`` percent next to the version already served; return the base URL."""
         from .cluster import connect
         from .serving.deploy import deploy
 
         cfg = self.project.config
         ref = ref if ref is not None else cfg.registry.alias
         version = self.registry.get_version(cfg.model.name, ref)
-        with self.stage("deploy", f"serving {cfg.model.name} v{version.version} with Ray Serve"):
+        share = f" as a {canary}% canary" if canary else ""
+        with self.stage("deploy", f"serving {cfg.model.name} v{version.version}{share} with Ray Serve"):
             connect()
-            url = deploy(self.project, {cfg.model.name: version.version})
+            url = deploy(self.project, cfg.model.name, version.version, canary=canary)
         self.plugins.call("loom_model_deployed", project=self.project, model=cfg.model.name,
                           version=version.version, url=url)
         return url

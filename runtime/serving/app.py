@@ -1,7 +1,10 @@
-"""The HTTP surface: Open Inference Protocol v2, ``/predict``, health, metrics and monitoring, on FastAPI.
+"""The HTTP surface of a :class:`~runtime.serving.server.ModelServer`.
 
-Every error is JSON ``{"error": "..."}`` with a 4xx status naming the problem; an unexpected failure is a 500 with
-a generic message (logged server-side), never a stack trace.
+Inference routes (Open Inference Protocol v2, MLflow ``/invocations``, ``/predict``) and health probes are
+dispatched by a small ASGI front, :class:`LoomApp`, without a web framework in the request path: at one-row requests
+the framework is most of the cost. Everything else (metadata, ``/docs``, ``/openapi.json``, ``/metrics``, drift
+and admin routes) is a FastAPI app behind it. Both answer errors as ``{"error": "..."}`` with a 4xx status naming
+the problem; an unexpected failure is a 500 with a generic message (logged), never a traceback.
 """
 
 from __future__ import annotations
@@ -10,170 +13,288 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
-from ..model import OIP_DATATYPES
-from .protocol import RequestError, decode_oip, decode_records, encode_oip, output_metadata
-from .server import ModelServer
+from . import oip
+from .openapi import build_openapi
+from .protocol import RequestError
+from .scoring import decode_mlflow, decode_predict
+from .server import LoadedVersion, ModelServer
 
 log = logging.getLogger("loom.serving")
 
-OPEN_PATHS = ("/v2/health/", "/metrics", "/docs", "/openapi.json")
+#: Paths that never need the bearer token: probes, and the documents describing the API.
+OPEN_PATHS = ("/v2/health/", "/docs", "/openapi.json", "/metrics")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+_JSON = [(b"content-type", b"application/json")]
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+class _Disconnected(Exception):
+    """The client went away before sending its whole body."""
 
 
-def create_app(server: ModelServer) -> FastAPI:
-    """Build the FastAPI app for a :class:`ModelServer`."""
-    max_body = server.project.config.serving.max_body_bytes
-    app = FastAPI(title="Loom", version=__version__,
-                  description="Models served by Loom: Open Inference Protocol v2 and record-style prediction.")
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
 
-    @app.exception_handler(RequestError)
+
+async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class LoomApp:
+    """The ASGI application: auth, body limits and the inference routes; the rest goes to FastAPI."""
+
+    def __init__(self, server: ModelServer):
+        self.server = server
+        cfg = server.project.config
+        self.max_body = cfg.serving.max_body_bytes
+        self.default_model = cfg.model.name
+        self._bearer = f"Bearer {server.token}".encode() if server.token else None
+        self.api = _metadata_api(server)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
+        headers = dict(scope["headers"])
+        if self._bearer is not None and not path.startswith(OPEN_PATHS):
+            supplied = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(supplied, self._bearer):
+                await _respond(send, 401, _dumps({"error": "missing or wrong bearer token "
+                                                           "(send 'Authorization: Bearer <token>')"}),
+                               [*_JSON, (b"www-authenticate", b"Bearer")])
+                return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _respond(send, 413, _dumps({"error": f"request body larger than {self.max_body} bytes"}), _JSON)
+            return
+        route = self._route(scope["method"], path)
+        if route is None:
+            await self.api(scope, receive, send)
+            return
+        await self._serve(route, headers, receive, send)
+
+    # -- dispatch ----------------------------------------------------------------------------------------------
+
+    def _route(self, method: str, path: str) -> tuple[str, Callable[..., Awaitable[Any]], tuple[str, ...]] | None:
+        parts = path.strip("/").split("/")
+        n = len(parts)
+        if parts[0] == "v2":
+            if n == 3 and parts[1] == "health" and method == "GET":
+                return ("health", self._health, (parts[2],)) if parts[2] in ("live", "ready") else None
+            if n == 4 and parts[1] == "models" and parts[3] == "infer":
+                return self._post(method, "v2", self._infer, (parts[2], None))
+            if n == 6 and parts[1] == "models" and parts[3] == "versions" and parts[5] == "infer":
+                return self._post(method, "v2", self._infer, (parts[2], parts[4]))
+            return None
+        if n == 2 and parts[0] == "predict":
+            return self._post(method, "predict", self._predict, (parts[1],))
+        if n == 1 and parts[0] == "invocations":
+            return self._post(method, "mlflow", self._invocations, (self.default_model,))
+        if n == 3 and parts[0] == "models" and parts[2] == "invocations":
+            return self._post(method, "mlflow", self._invocations, (parts[1],))
+        return None
+
+    def _post(self, method: str, protocol: str, handler: Callable[..., Awaitable[Any]],
+              args: tuple[Any, ...]) -> tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]:
+        if method != "POST":
+            return protocol, self._method_not_allowed, ()
+        return protocol, handler, args
+
+    async def _serve(self, route: tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]],
+                     headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
+        protocol, handler, args = route
+        started = time.perf_counter()
+        target: list[LoadedVersion] = []
+        try:
+            body = await self._body(receive) if protocol != "health" else b""
+            status, payload, extra = await handler(body, headers, target, *args)
+        except RequestError as err:
+            status, payload = err.status, _dumps({"error": err.message})
+            extra = [*_JSON, *((k.lower().encode(), v.encode()) for k, v in err.headers.items())]
+        except _Disconnected:
+            return
+        except Exception as err:  # noqa: BLE001 - answered as a generic 500, logged with its traceback
+            log.exception("unexpected error while serving a request")
+            status, extra = 500, _JSON
+            payload = _dumps({"error": f"internal error ({type(err).__name__}); see the server log"})
+        await _respond(send, status, payload, extra)
+        if protocol != "health":
+            lv = target[0] if target else None
+            self.server.metrics.observe(lv.name if lv else "", lv.label if lv else "", protocol, status,
+                                        time.perf_counter() - started)
+
+    async def _body(self, receive: Receive) -> bytes:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise RequestError(413, f"request body larger than {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    # -- handlers: (body, headers, target, *args) -> (status, body, headers) ------------------------------------
+
+    async def _method_not_allowed(self, body: bytes, headers: dict[bytes, bytes], target: list[LoadedVersion]):
+        raise RequestError(405, "use POST for inference", {"Allow": "POST"})
+
+    async def _health(self, body: bytes, headers: dict[bytes, bytes], target: list[LoadedVersion], kind: str):
+        if kind == "live":
+            return 200, b'{"live":true}', _JSON
+        ready = self.server.ready
+        return (200 if ready else 503), _dumps({"ready": ready}), _JSON
+
+    async def _infer(self, body: bytes, headers: dict[bytes, bytes], target: list[LoadedVersion], name: str,
+                     version: str | None):
+        lv = self.server.resolve(name, version)
+        target.append(lv)
+        header_length = headers.get(b"inference-header-content-length")
+        req = oip.decode_infer(body, header_length.decode() if header_length is not None else None, lv.schema)
+        pred = await lv.predict(req.columns)
+        out, content = oip.encode_infer(lv.name, lv.version, pred.labels, lv.label_type, pred.proba, req)
+        return 200, out, [(k.encode(), v.encode()) for k, v in content.items()]
+
+    async def _predict(self, body: bytes, headers: dict[bytes, bytes], target: list[LoadedVersion], name: str):
+        lv = self.server.resolve(name)
+        target.append(lv)
+        req = decode_predict(body, lv.schema, self.server.join_keys)
+        cols = req.columns if req.columns is not None else await self.server.entity_columns(lv, req.entities or {})
+        pred = await lv.predict(cols)
+        return 200, _dumps({"model": lv.name, "version": lv.version, "predictions": pred.labels,
+                            "probabilities": pred.proba.round(6).tolist(), "classes": lv.classes}), _JSON
+
+    async def _invocations(self, body: bytes, headers: dict[bytes, bytes], target: list[LoadedVersion], name: str):
+        lv = self.server.resolve(name)
+        target.append(lv)
+        content_type = headers.get(b"content-type")
+        cols = decode_mlflow(body, content_type.decode("latin-1") if content_type else None, lv.schema)
+        pred = await lv.predict(cols)
+        return 200, _dumps({"predictions": pred.labels}), _JSON
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _metadata_api(server: ModelServer) -> FastAPI:
+    """Metadata, documentation, metrics, monitoring and admin routes."""
+    api = FastAPI(title="Loom", version=__version__,
+                  description="Models served by Loom: Open Inference Protocol v2, MLflow scoring and record-style "
+                              "prediction. Inference routes take `name`, `name@alias` or "
+                              "`name/versions/N`.")
+
+    @api.exception_handler(RequestError)
     async def _request_error(_: Request, err: RequestError) -> JSONResponse:
-        return _error(err.status, err.message)
+        return _error(err.status, err.message, err.headers)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-        return _error(err.status_code, str(err.detail))
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        message = str(err.detail)
+        if err.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):
+            message = f"{message.lower()}: {request.method} {request.url.path}"
+        return _error(err.status_code, message, dict(err.headers or {}))
 
-    @app.exception_handler(RequestValidationError)
+    @api.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
-    @app.exception_handler(Exception)
+    @api.exception_handler(Exception)
     async def _unexpected(_: Request, err: Exception) -> JSONResponse:
         log.exception("unexpected error while serving a request")
         return _error(500, f"internal error ({type(err).__name__}); see the server log")
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):
-        path = request.url.path
-        if server.token and not path.startswith(OPEN_PATHS):
-            supplied = request.headers.get("authorization", "")
-            if not hmac.compare_digest(supplied.encode(), f"Bearer {server.token}".encode()):
-                return _error(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')")
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body):
-            return _error(413, f"request body larger than {max_body} bytes")
-        return await call_next(request)
+    def _openapi() -> dict[str, Any]:
+        table = server.table
+        cached = getattr(api, "_loom_openapi", None)
+        if cached is not None and cached[0] == table.generation:
+            return cached[1]
+        from fastapi.openapi.utils import get_openapi
 
-    async def _json(request: Request):
-        body = await request.body()
-        if len(body) > max_body:
-            raise RequestError(413, f"request body larger than {max_body} bytes")
-        if not body:
-            raise RequestError(400, "empty request body: send JSON")
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise RequestError(400, f"malformed JSON: {err}") from None
+        base = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        models = []
+        for name, routes in table.models.items():
+            lv = server.resolve(name, str(routes.primary))
+            models.append((name, lv.schema, lv.classes))
+        doc = build_openapi(base, models)
+        api._loom_openapi = (table.generation, doc)  # type: ignore[attr-defined]
+        return doc
 
-    def _observe(name: str, version: int, protocol: str, code: int, started: float) -> None:
-        server.requests.labels(name, str(version), protocol, str(code)).inc()
-        server.latency.labels(name, str(version), protocol).observe(time.perf_counter() - started)
+    api.openapi = _openapi  # type: ignore[method-assign]
 
-    # -- Open Inference Protocol v2 --------------------------------------------------------------------------
-
-    @app.get("/v2/health/live")
-    async def live():
+    @api.get("/v2/health/live", tags=["health"], summary="Liveness probe")
+    async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @app.get("/v2/health/ready")
-    async def ready():
-        return {"ready": bool(server.models)}
+    @api.get("/v2/health/ready", tags=["health"], summary="Readiness probe: 200 once a model is loaded")
+    async def ready() -> dict[str, bool]:
+        return {"ready": server.ready}
 
-    @app.get("/v2")
-    async def server_metadata():
-        return {"name": "loom", "version": __version__, "extensions": []}
+    @api.get("/v2", tags=["Open Inference Protocol v2"], summary="Server metadata")
+    async def server_metadata() -> dict[str, Any]:
+        return oip.server_metadata(__version__)
 
-    def _model_metadata(name: str, version: str | None):
-        served = server.get(name, version)
-        schema = served.predictor.inputs
-        return {
-            "name": name,
-            "versions": [str(served.version)],
-            "platform": "loom-pytorch",
-            "inputs": [{"name": c, "datatype": OIP_DATATYPES[s["type"]], "shape": [-1]} for c, s in schema.items()],
-            "outputs": output_metadata(served.predictor.classes),
-        }
+    def _metadata(name: str, version: str | None) -> dict[str, Any]:
+        lv = server.resolve(name, version)
+        routes = server.routes(lv.name)
+        versions = ([version or str(lv.version)] if version is not None or "@" in name
+                    else [str(v) for v in routes.live])
+        return oip.model_metadata(name, [int(v) for v in versions], lv.schema, lv.classes)
 
-    @app.get("/v2/models/{name}")
-    async def model_metadata(name: str):
-        return _model_metadata(name, None)
+    @api.get("/v2/models/{name}", tags=["Open Inference Protocol v2"], summary="Model metadata")
+    async def model_metadata(name: str) -> dict[str, Any]:
+        return _metadata(name, None)
 
-    @app.get("/v2/models/{name}/versions/{version}")
-    async def model_version_metadata(name: str, version: str):
-        return _model_metadata(name, version)
+    @api.get("/v2/models/{name}/versions/{version}", tags=["Open Inference Protocol v2"],
+             summary="Model version metadata")
+    async def model_version_metadata(name: str, version: str) -> dict[str, Any]:
+        return _metadata(name, version)
 
-    @app.get("/v2/models/{name}/ready")
-    async def model_ready(name: str):
-        served = server.get(name)
-        return {"name": name, "ready": True, "version": str(served.version)}
+    @api.get("/v2/models/{name}/ready", tags=["Open Inference Protocol v2"], summary="Model readiness")
+    async def model_ready(name: str) -> dict[str, Any]:
+        lv = server.resolve(name, None if "@" in name else str(server.routes(name).primary))
+        return {"name": name, "ready": True, "version": str(lv.version)}
 
-    @app.get("/v2/models/{name}/versions/{version}/ready")
-    async def model_version_ready(name: str, version: str):
-        server.get(name, version)
-        return {"name": name, "ready": True, "version": version}
+    @api.get("/v2/models/{name}/versions/{version}/ready", tags=["Open Inference Protocol v2"],
+             summary="Model version readiness")
+    async def model_version_ready(name: str, version: str) -> dict[str, Any]:
+        lv = server.resolve(name, version)
+        return {"name": name, "ready": True, "version": str(lv.version)}
 
-    async def _infer(request: Request, name: str, version: str | None):
-        started = time.perf_counter()
-        served = server.get(name, version)
-        try:
-            cols, meta = decode_oip(await _json(request), served.predictor.inputs)
-            predicted, proba = server.predict(served, cols)
-            out = encode_oip(name, served.version, predicted, proba, served.predictor.classes, meta)
-        except RequestError as err:
-            _observe(name, served.version, "v2", err.status, started)
-            raise
-        _observe(name, served.version, "v2", 200, started)
-        return out
+    @api.get("/models", tags=["admin"], summary="Served models, their live versions, traffic and aliases")
+    async def models() -> dict[str, Any]:
+        return server.table.to_config()
 
-    @app.post("/v2/models/{name}/infer")
-    async def infer(request: Request, name: str):
-        return await _infer(request, name, None)
+    @api.get("/metrics", tags=["operations"], summary="Prometheus metrics of this replica")
+    async def metrics() -> Response:
+        return Response(server.metrics.render(), media_type=server.metrics.content_type)
 
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer_version(request: Request, name: str, version: str):
-        return await _infer(request, name, version)
+    @api.get("/monitoring/{name}/drift", tags=["operations"],
+             summary="Drift of captured traffic against the training reference")
+    async def drift(name: str, version: str | None = None) -> dict[str, Any]:
+        return await run_in_threadpool(server.drift, name, version)
 
-    # -- record-style prediction ---------------------------------------------------------------------------------
-
-    @app.post("/predict/{name}")
-    async def predict(request: Request, name: str):
-        """Body: a list of records (``[{"col": value, ...}]``) or ``{"records": [...]}``."""
-        started = time.perf_counter()
-        served = server.get(name)
-        try:
-            cols = decode_records(await _json(request), served.predictor.inputs)
-        except RequestError as err:
-            _observe(name, served.version, "predict", err.status, started)
-            raise
-        predicted, proba = server.predict(served, cols)
-        _observe(name, served.version, "predict", 200, started)
-        return {"model": name, "version": served.version,
-                "predictions": [p.item() if hasattr(p, "item") else p for p in predicted],
-                "probabilities": proba.astype(float).round(6).tolist()}
-
-    # -- operations --------------------------------------------------------------------------------------------
-
-    @app.get("/metrics")
-    async def metrics():
-        return Response(generate_latest(server.metrics), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/monitoring/{name}/drift")
-    async def drift(name: str):
-        return await run_in_threadpool(server.drift, name)
-
-    return app
+    return api

@@ -1,190 +1,169 @@
-"""Request decoding and response encoding for the served protocols, independent of the web framework.
+"""What every served protocol shares: client errors, and checking decoded columns against a model's input schema.
 
-Every malformed request raises :class:`RequestError` with an HTTP status and a message naming the problem;
-the app turns it into ``{"error": "..."}``. Nothing here touches the model.
+Each protocol module (:mod:`.oip`, :mod:`.scoring`, :mod:`.records`) turns a request body into ``{column: values}``
+and calls :func:`check_columns`, which returns typed numpy columns or raises :class:`RequestError` naming the
+column, the row and the problem. Nothing here touches the model or the web framework.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..model import OIP_DATATYPES
+#: Validated request columns: ``int`` -> int64 (float64 with NaN when nulls are present), ``float`` -> float64,
+#: ``bool`` -> bool (float64 with NaN when nulls are present), other types -> object arrays of ``str`` or None.
+Columns = dict[str, np.ndarray]
+Schema = Mapping[str, Mapping[str, Any]]
+
+NUMERIC = ("int", "float", "bool")
+_INF = (math.inf, -math.inf)
 
 
 class RequestError(Exception):
-    """A client error: answered with ``status`` and ``{"error": message}``."""
+    """A client error: answered with ``status``, ``{"error": message}`` and any extra ``headers``."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = dict(headers or {})
 
 
-_INT_TYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-_FLOAT_TYPES = {"FP16", "FP32", "FP64"}
-#: Open Inference Protocol datatypes accepted for each declared column type.
-ACCEPTED = {
-    "int": _INT_TYPES,
-    "float": _FLOAT_TYPES | _INT_TYPES,
-    "bool": {"BOOL"},
-    "category": {"BYTES"},
-    "string": {"BYTES"},
-    "timestamp": {"BYTES"},
-}
+def _null(col: str, spec: Mapping[str, Any], i: int) -> None:
+    if not spec.get("nullable", True):
+        raise RequestError(400, f"input {col!r}: null at row {i}, but the column is not nullable")
 
 
-def _flatten(data: Any) -> list[Any]:
-    if isinstance(data, list) and data and isinstance(data[0], list):
-        return [v for row in data for v in _flatten(row)]
-    if not isinstance(data, list):
-        raise RequestError(400, "tensor 'data' must be a list")
-    return data
+def _check_numbers(col: str, spec: Mapping[str, Any], values: Sequence[Any]) -> np.ndarray:
+    is_int = spec["type"] == "int"
+    nulls = False
+    for i, v in enumerate(values):
+        t = type(v)
+        if t is int:
+            continue
+        if t is float:
+            if v != v or v in _INF:
+                raise RequestError(400, f"input {col!r}: non-finite value {v!r} at row {i}")
+            if is_int and not v.is_integer():
+                raise RequestError(400, f"input {col!r}: expected an integer at row {i}, got {v!r}")
+            continue
+        if v is None:
+            _null(col, spec, i)
+            nulls = True
+            continue
+        raise RequestError(400, f"input {col!r}: expected {'an integer' if is_int else 'a number'} at row {i}, "
+                                f"got {v!r}")
+    if is_int and not nulls:
+        try:
+            return np.array(values, dtype=np.int64)
+        except OverflowError:
+            raise RequestError(400, f"input {col!r}: integer out of the int64 range") from None
+    return np.array(values, dtype=np.float64)
 
 
-def _check_value(col: str, spec: Mapping[str, Any], v: Any, i: int) -> Any:
+def _check_bools(col: str, spec: Mapping[str, Any], values: Sequence[Any]) -> np.ndarray:
+    nulls = False
+    for i, v in enumerate(values):
+        if v is None:
+            _null(col, spec, i)
+            nulls = True
+        elif type(v) is not bool:
+            raise RequestError(400, f"input {col!r}: expected true/false at row {i}, got {v!r}")
+    if nulls:
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    return np.array(values, dtype=bool)
+
+
+def _check_strings(col: str, spec: Mapping[str, Any], values: Sequence[Any]) -> np.ndarray:
+    allowed = spec.get("categories")
+    allowed_set = set(allowed) if allowed else None
+    for i, v in enumerate(values):
+        if v is None:
+            _null(col, spec, i)
+        elif type(v) is not str:
+            raise RequestError(400, f"input {col!r}: expected a string at row {i}, got {v!r}")
+        elif allowed_set is not None and v not in allowed_set:
+            raise RequestError(400, f"input {col!r}: unknown category {v!r} at row {i} "
+                                    f"(allowed: {', '.join(allowed)})")
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _check_array(col: str, spec: Mapping[str, Any], arr: np.ndarray) -> np.ndarray:
+    """Binary tensors arrive typed: checks run vectorised."""
     t = spec["type"]
-    if v is None:
-        if not spec.get("nullable", True):
-            raise RequestError(400, f"input {col!r}: null at position {i}, but the column is not nullable")
-        return None
-    if t in ("int", "float"):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise RequestError(400, f"input {col!r}: expected a number at position {i}, got {v!r}")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise RequestError(400, f"input {col!r}: non-finite value {v!r} at position {i}")
-        if t == "int" and isinstance(v, float) and not v.is_integer():
-            raise RequestError(400, f"input {col!r}: expected an integer at position {i}, got {v!r}")
-        return v
     if t == "bool":
-        if not isinstance(v, bool):
-            raise RequestError(400, f"input {col!r}: expected true/false at position {i}, got {v!r}")
-        return v
-    if not isinstance(v, str):
-        raise RequestError(400, f"input {col!r}: expected a string at position {i}, got {v!r}")
-    cats = spec.get("categories")
-    if cats and v not in cats:
-        raise RequestError(400, f"input {col!r}: unknown category {v!r} at position {i} (allowed: {', '.join(cats)})")
-    return v
+        return arr.astype(bool, copy=False)
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise RequestError(400, f"input {col!r}: non-finite value {arr[i]!r} at row {i}")
+        if t == "int":
+            frac = arr != np.floor(arr)
+            if frac.any():
+                i = int(np.argmax(frac))
+                raise RequestError(400, f"input {col!r}: expected an integer at row {i}, got {arr[i]!r}")
+            return arr.astype(np.int64)
+        return arr.astype(np.float64, copy=False)
+    if arr.dtype.kind == "u" and t == "int" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise RequestError(400, f"input {col!r}: integer out of the int64 range")
+    return arr.astype(np.int64 if t == "int" else np.float64, copy=False)
 
 
-def check_columns(cols: Mapping[str, list[Any]], schema: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """Validate decoded columns against the model's input schema; return them as object arrays of equal length."""
+def check_column(col: str, spec: Mapping[str, Any], values: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """Check one column's values against its declared spec; return them typed (see :data:`Columns`)."""
+    t = spec["type"]
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        return _check_array(col, spec, values)
+    if t in ("int", "float"):
+        return _check_numbers(col, spec, values)
+    if t == "bool":
+        return _check_bools(col, spec, values)
+    return _check_strings(col, spec, values)
+
+
+def check_columns(cols: Mapping[str, Sequence[Any] | np.ndarray], schema: Schema) -> Columns:
+    """Validate decoded columns against the model's input schema: every input present, nothing unknown, equal
+    lengths, at least one row, and each value of its column's type."""
     missing = [c for c in schema if c not in cols]
     if missing:
         raise RequestError(400, f"missing input(s): {', '.join(missing)}")
-    unknown = [c for c in cols if c not in schema]
-    if unknown:
-        raise RequestError(400, f"unknown input(s): {', '.join(unknown)} (expected: {', '.join(schema)})")
+    if len(cols) != len(schema):
+        unknown = [c for c in cols if c not in schema]
+        raise RequestError(400, f"unknown input(s): {', '.join(map(str, unknown))} (expected: {', '.join(schema)})")
     lengths = {len(v) for v in cols.values()}
     if len(lengths) != 1:
-        raise RequestError(400, "inputs have different lengths")
-    n = lengths.pop()
-    if n == 0:
+        raise RequestError(400, "inputs have different lengths: "
+                                + ", ".join(f"{c}={len(v)}" for c, v in cols.items()))
+    if lengths.pop() == 0:
         raise RequestError(400, "empty input: send at least one row")
-    out = {}
-    for c, spec in schema.items():
-        out[c] = np.array([_check_value(c, spec, v, i) for i, v in enumerate(cols[c])], dtype=object)
-    return out
+    return {c: check_column(c, spec, cols[c]) for c, spec in schema.items()}
 
 
-def decode_records(body: Any, schema: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """``[{col: value, ...}, ...]`` or ``{"records": [...]}`` -> validated columns."""
-    records = body.get("records") if isinstance(body, dict) and "records" in body else body
-    if isinstance(body, dict) and "records" not in body:
-        raise RequestError(400, "expected a list of records or {\"records\": [...]}")
+def rows_to_columns(records: Any, schema: Schema, what: str = "record") -> dict[str, list[Any]]:
+    """``[{col: value}, ...]`` -> ``{col: [values]}``, naming the first record with a missing or unknown column."""
     if not isinstance(records, list):
-        raise RequestError(400, "'records' must be a list of objects")
+        raise RequestError(400, f"expected a list of {what}s (objects)")
     if not records:
-        raise RequestError(400, "empty input: send at least one record")
-    cols: dict[str, list[Any]] = {}
+        raise RequestError(400, f"empty input: send at least one {what}")
+    names = list(schema)
+    cols: dict[str, list[Any]] = {c: [] for c in names}
+    appends = [(c, cols[c].append) for c in names]
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
-            raise RequestError(400, f"record {i} is not an object")
-        extra = set(rec) - set(schema)
-        if extra:
-            raise RequestError(400, f"record {i}: unknown column(s) {', '.join(sorted(extra))}")
-        for c in schema:
-            if c not in rec:
-                raise RequestError(400, f"record {i}: missing column {c!r}")
-            cols.setdefault(c, []).append(rec[c])
-    return check_columns(cols, schema)
-
-
-def decode_oip(body: Any, schema: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """An Open Inference Protocol v2 JSON request -> (validated columns, request meta: id, outputs)."""
-    if not isinstance(body, dict):
-        raise RequestError(400, "request body must be a JSON object with 'inputs'")
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise RequestError(400, "'inputs' must be a non-empty list of tensors")
-    cols: dict[str, list[Any]] = {}
-    for t in inputs:
-        if not isinstance(t, dict):
-            raise RequestError(400, "each input must be an object with name, shape, datatype and data")
-        name, shape, dtype = t.get("name"), t.get("shape"), t.get("datatype")
-        if not isinstance(name, str):
-            raise RequestError(400, "input is missing its 'name'")
-        if name not in schema:
-            raise RequestError(400, f"unknown input {name!r} (expected: {', '.join(schema)})")
-        if name in cols:
-            raise RequestError(400, f"input {name!r} given twice")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise RequestError(400, f"input {name!r}: 'shape' must be a list of non-negative integers")
-        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-            raise RequestError(400, f"input {name!r}: shape {shape} not supported; use [N] or [N, 1]")
-        expected = ACCEPTED[schema[name]["type"]]
-        if dtype not in expected:
-            raise RequestError(400, f"input {name!r}: datatype {dtype!r} not accepted; "
-                                    f"use {OIP_DATATYPES[schema[name]['type']]}")
-        data = _flatten(t.get("data"))
-        if len(data) != math.prod(shape):
-            raise RequestError(400, f"input {name!r}: shape {shape} needs {math.prod(shape)} values, "
-                                    f"got {len(data)}")
-        cols[name] = data
-    outputs = body.get("outputs")
-    requested = None
-    if outputs is not None:
-        if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
-                                                   for o in outputs):
-            raise RequestError(400, "'outputs' must be a list of {\"name\": ...}")
-        requested = [o["name"] for o in outputs]
-    rid = body.get("id")
-    if rid is not None and not isinstance(rid, str):
-        raise RequestError(400, "'id' must be a string")
-    return check_columns(cols, schema), {"id": rid, "outputs": requested}
-
-
-def _label_datatype(classes: list[Any]) -> str:
-    if all(isinstance(c, bool) for c in classes):
-        return "BOOL"
-    if all(isinstance(c, int) for c in classes):
-        return "INT64"
-    return "BYTES"
-
-
-def output_metadata(classes: list[Any]) -> list[dict[str, Any]]:
-    return [
-        {"name": "predicted", "datatype": _label_datatype(classes), "shape": [-1]},
-        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]},
-    ]
-
-
-def encode_oip(model: str, version: int, predicted: list[Any], proba: np.ndarray, classes: list[Any],
-               meta: Mapping[str, Any]) -> dict[str, Any]:
-    tensors = {
-        "predicted": {"name": "predicted", "datatype": _label_datatype(classes), "shape": [len(predicted)],
-                      "data": [c.item() if hasattr(c, "item") else c for c in predicted]},
-        "probabilities": {"name": "probabilities", "datatype": "FP32", "shape": list(proba.shape),
-                          "data": proba.astype(float).ravel().tolist()},
-    }
-    names = meta.get("outputs") or list(tensors)
-    unknown = [n for n in names if n not in tensors]
-    if unknown:
-        raise RequestError(400, f"unknown output(s) {', '.join(unknown)} (available: {', '.join(tensors)})")
-    out: dict[str, Any] = {"model_name": model, "model_version": str(version), "outputs": [tensors[n] for n in names]}
-    if meta.get("id") is not None:
-        out["id"] = meta["id"]
-    return out
+            raise RequestError(400, f"{what} {i} is not an object")
+        if len(rec) != len(names):
+            extra = sorted(map(str, set(rec) - set(names)))
+            if extra:
+                raise RequestError(400, f"{what} {i}: unknown column(s) {', '.join(extra)}")
+        for c, append in appends:
+            try:
+                append(rec[c])
+            except KeyError:
+                raise RequestError(400, f"{what} {i}: missing column {c!r}") from None
+    return cols

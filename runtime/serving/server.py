@@ -1,151 +1,312 @@
-"""The model server: loads model versions from the registry, answers predictions, captures served rows for the
-drift monitor, and keeps Prometheus metrics. Framework-free; :mod:`runtime.serving.app` puts HTTP in front."""
+"""The model server of one replica: the live model versions and the routing table between them, dynamic batching,
+online feature look-ups, the capture of served rows for the drift monitor, and metrics. Framework-free;
+:mod:`.app` puts HTTP in front of it and :mod:`.deploy` puts it on Ray Serve."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 import random
+import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import torch
 
 from ..config import Project, load_project
 from ..errors import LoomError
-from ..model import CATEGORICAL_TYPES, ModelBundle, Predictor
+from ..model import CATEGORICAL_TYPES, ModelBundle
 from ..plugins import Plugins, get_plugins
-from ..registry import parse_ref
-from .protocol import RequestError
+from .batching import MicroBatcher
+from .encoding import FeatureEncoder
+from .metrics import ServingMetrics
+from .oip import label_datatype
+from .protocol import Columns, RequestError, Schema, check_columns
+from .routing import ModelRoutes, RoutingTable
+
+log = logging.getLogger("loom.serving")
 
 REFERENCE = "reference.parquet"
-
-
-@dataclass
-class Served:
-    """One loaded model version."""
-
-    name: str
-    version: int
-    predictor: Predictor
-    reference: pd.DataFrame | None
+#: A forward pass of one row faster than this runs on the event loop; slower ones run on the forward thread.
+INLINE_FORWARD_S = 0.0003
 
 
 class Capture:
-    """A bounded, sampled window of served rows. Appending never blocks a request: one short lock, no I/O."""
+    """A bounded, sampled window of served rows for drift monitoring.
+
+    :meth:`add` is on the request path: one random draw, and for a sampled request one append under a short lock;
+    no copying, no pandas, no I/O, never blocking on a reader. :meth:`frame` builds the DataFrame when a drift
+    check asks for it.
+    """
 
     def __init__(self, window: int, sample_rate: float, seed: int = 0):
         self.window = window
         self.sample_rate = sample_rate
-        self._chunks: deque[pd.DataFrame] = deque()
+        self._chunks: deque[tuple[Columns, list[Any]]] = deque()
         self._rows = 0
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self.captured = 0
 
-    def add(self, cols: dict[str, np.ndarray], predicted: list[Any]) -> None:
+    def add(self, cols: Columns, predicted: list[Any]) -> None:
         if self.sample_rate <= 0 or (self.sample_rate < 1 and self._rng.random() >= self.sample_rate):
             return
-        chunk = pd.DataFrame({**cols, "prediction": predicted})
+        n = len(predicted)
         with self._lock:
-            self._chunks.append(chunk)
-            self._rows += len(chunk)
-            self.captured += len(chunk)
-            while self._chunks and self._rows - len(self._chunks[0]) >= self.window:
-                self._rows -= len(self._chunks.popleft())
+            self._chunks.append((cols, predicted))
+            self._rows += n
+            self.captured += n
+            while self._chunks and self._rows - len(self._chunks[0][1]) >= self.window:
+                self._rows -= len(self._chunks.popleft()[1])
 
     def frame(self) -> pd.DataFrame:
+        """The captured rows (at most ``window``, newest last) with a ``prediction`` column."""
         with self._lock:
             chunks = list(self._chunks)
         if not chunks:
             return pd.DataFrame()
-        return pd.concat(chunks, ignore_index=True).tail(self.window).reset_index(drop=True)
+        frames = [pd.DataFrame({**cols, "prediction": predicted}) for cols, predicted in chunks]
+        return pd.concat(frames, ignore_index=True).tail(self.window).reset_index(drop=True)
+
+
+@dataclass
+class Prediction:
+    labels: list[Any]
+    proba: np.ndarray
+
+
+class LoadedVersion:
+    """One model version, loaded: its input schema, encoder, network, batcher and capture."""
+
+    def __init__(self, name: str, version: int, bundle: ModelBundle, reference: pd.DataFrame | None,
+                 capture: Capture):
+        self.name = name
+        self.version = version
+        self.label = str(version)
+        self.schema: Schema = bundle.inputs
+        self.classes = list(bundle.classes)
+        self.label_type = label_datatype(self.classes)
+        self.encode = FeatureEncoder(bundle.preprocessor)
+        self.model = bundle.build()
+        self.reference = reference
+        self.capture = capture
+        self.batcher: MicroBatcher | None = None
+
+    @torch.inference_mode()
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities for an encoded float32 matrix."""
+        return torch.softmax(self.model(torch.from_numpy(x)), dim=-1).numpy()
+
+    def forward_seconds(self) -> float:
+        """The median time of a one-row forward pass (also warms the model up)."""
+        x = np.zeros((1, self.encode.width), dtype=np.float32)
+        times = []
+        for _ in range(7):
+            started = time.perf_counter()
+            self.forward(x)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    async def predict(self, cols: Columns) -> Prediction:
+        assert self.batcher is not None
+        proba = await self.batcher(self.encode(cols))
+        classes = self.classes
+        labels = [classes[i] for i in proba.argmax(axis=1).tolist()]
+        self.capture.add(cols, labels)
+        return Prediction(labels, proba)
+
+
+@dataclass(frozen=True)
+class _State:
+    """What requests read: swapped as one object, so a request never sees half a rollout."""
+
+    table: RoutingTable
+    loaded: Mapping[tuple[str, int], LoadedVersion]
 
 
 class ModelServer:
-    """Everything a serving replica holds. Build it with :meth:`from_project`."""
+    """Everything a serving replica holds. Build it with :meth:`from_project`, then :meth:`apply` a table."""
 
-    def __init__(self, project: Project, plugins: Plugins, models: dict[str, int | str], token: str | None = None):
+    def __init__(self, project: Project, plugins: Plugins, *, token: str | None = None, replica: str = ""):
         self.project = project
         self.plugins = plugins
         cfg = project.config
         self.registry = plugins.registry(cfg.registry.kind, state_dir=project.state_dir, options=cfg.registry.options)
         self.token = token
-        self.models: dict[str, Served] = {}
-        self.captures: dict[str, Capture] = {}
-        for name, ref in models.items():
-            self.models[name] = self._load(name, ref)
-            self.captures[name] = Capture(cfg.monitoring.window, cfg.monitoring.sample_rate)
-        self._monitor = None
-        self.metrics = CollectorRegistry()
-        self.requests = Counter("loom_requests", "Inference requests", ["model", "version", "protocol", "code"],
-                                registry=self.metrics)
-        self.latency = Histogram("loom_request_seconds", "Inference latency", ["model", "version", "protocol"],
-                                 buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5),
-                                 registry=self.metrics)
-        self.rows = Counter("loom_predicted_rows", "Rows predicted", ["model", "version"], registry=self.metrics)
+        self.metrics = ServingMetrics(replica)
+        self.forward_pool = ThreadPoolExecutor(1, thread_name_prefix="loom-forward")
+        self._state = _State(RoutingTable(), {})
+        self._store: Any = None
+        self._monitor: Any = None
+        self._service = cfg.feature_definitions.service
 
     @classmethod
-    def from_project(cls, root: str, models: dict[str, int | str], token: str | None = None) -> ModelServer:
+    def from_project(cls, root: str, *, token: str | None = None, replica: str = "") -> ModelServer:
         project = load_project(root)
-        return cls(project, get_plugins(modules=project.config.plugins), models, token)
+        return cls(project, get_plugins(modules=project.config.plugins), token=token, replica=replica)
 
-    def _load(self, name: str, ref: int | str) -> Served:
-        mv = self.registry.get_version(name, parse_ref(ref))
+    # -- the routing table -------------------------------------------------------------------------------------
+
+    @property
+    def table(self) -> RoutingTable:
+        return self._state.table
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._state.table.models)
+
+    def load(self, name: str, version: int) -> LoadedVersion:
+        """Read a version from the registry and build it (safetensors weights, an imported architecture)."""
+        mv = self.registry.get_version(name, version)
         arts = {a: self.registry.read_artifact(name, mv.version, a) for a in ("model.json", "model.safetensors")}
         reference = None
         if REFERENCE in mv.artifacts:
             reference = pd.read_parquet(io.BytesIO(self.registry.read_artifact(name, mv.version, REFERENCE)))
-        return Served(name, mv.version, Predictor(ModelBundle.from_artifacts(arts)), reference)
+        mon = self.project.config.monitoring
+        return LoadedVersion(name, mv.version, ModelBundle.from_artifacts(arts), reference,
+                             Capture(mon.window, mon.sample_rate))
 
-    def get(self, name: str, version: str | None = None) -> Served:
-        served = self.models.get(name)
-        if served is None:
-            raise RequestError(404, f"model {name!r} is not served (served: {', '.join(self.models) or 'none'})")
-        if version is not None and version != str(served.version):
-            raise RequestError(404, f"model {name!r} version {version!r} is not served "
-                                    f"(served version: {served.version})")
-        return served
+    def _start(self, lv: LoadedVersion) -> LoadedVersion:
+        cfg = self.project.config.serving
+        inline = lv.forward_seconds() < INLINE_FORWARD_S
+        lv.batcher = MicroBatcher(lv.forward, max_rows=cfg.max_batch_size, wait_s=cfg.batch_wait_ms / 1000,
+                                  executor=None if inline else self.forward_pool,
+                                  on_batch=self.metrics.batch_observer(lv.name, lv.version))
+        return lv
 
-    def predict(self, served: Served, cols: dict[str, np.ndarray]) -> tuple[list[Any], np.ndarray]:
-        predicted, proba = served.predictor.predict(cols)
-        self.rows.labels(served.name, str(served.version)).inc(len(predicted))
-        self.captures[served.name].add(cols, predicted)
-        return predicted, proba
+    def _missing(self, table: RoutingTable) -> list[tuple[str, int]]:
+        loaded = self._state.loaded
+        return [(n, v) for n, r in table.models.items() for v in r.live if (n, v) not in loaded]
+
+    def _swap(self, table: RoutingTable, new: Mapping[tuple[str, int], LoadedVersion]) -> None:
+        loaded = {**self._state.loaded, **new}
+        keep = {(n, v) for n, r in table.models.items() for v in r.live}
+        self._state = _State(table, {k: lv for k, lv in loaded.items() if k in keep})
+        log.info("serving %s (generation %d)", ", ".join(
+            f"{n} v{r.primary}" + (f" + canary v{r.canary}" if r.canary else "") for n, r in table.models.items())
+            or "nothing", table.generation)
+
+    def apply(self, table: RoutingTable) -> None:
+        """Load what ``table`` needs, then switch to it in one step; versions it drops are unloaded."""
+        new = {key: self._start(self.load(*key)) for key in self._missing(table)}
+        self._swap(table, new)
+
+    async def reconfigure(self, table: RoutingTable) -> None:
+        """:meth:`apply` without blocking the event loop: loading runs on a thread while requests keep flowing."""
+        loop = asyncio.get_running_loop()
+        loaded = await asyncio.gather(*(loop.run_in_executor(None, self.load, *key) for key in self._missing(table)))
+        new = {(lv.name, lv.version): lv for lv in loaded}
+        await loop.run_in_executor(None, lambda: [self._start(lv) for lv in new.values()])
+        self._swap(table, new)
+
+    def resolve(self, name: str, version: str | None = None) -> LoadedVersion:
+        """The version a request reaches: ``name`` (by traffic weight), ``name@alias``, or ``name`` + ``version``."""
+        state = self._state
+        model, _, alias = name.partition("@")
+        routes = state.table.models.get(model)
+        if routes is None:
+            served = ", ".join(state.table.models) or "none"
+            raise RequestError(404, f"model {model!r} is not served (served: {served})")
+        if alias:
+            if version is not None:
+                raise RequestError(400, f"name an alias ({name!r}) or a version, not both")
+            v = routes.aliases.get(alias)
+            if v is None:
+                raise RequestError(404, f"model {model!r} has no alias {alias!r} on a live version "
+                                        f"(aliases: {', '.join(routes.aliases) or 'none'})")
+        elif version is not None:
+            v = int(version) if version.isdigit() else -1
+            if v not in routes.live:
+                raise RequestError(404, f"model {model!r} version {version!r} is not served "
+                                        f"(live versions: {', '.join(map(str, routes.live))})")
+        else:
+            v = routes.pick()
+        return state.loaded[(model, v)]
+
+    def routes(self, name: str) -> ModelRoutes:
+        routes = self._state.table.models.get(name)
+        if routes is None:
+            raise RequestError(404, f"model {name!r} is not served (served: {', '.join(self.table.models) or 'none'})")
+        return routes
+
+    # -- inputs from the online feature store ------------------------------------------------------------------
+
+    @property
+    def join_keys(self) -> tuple[str, ...]:
+        return self._service.join_keys
+
+    def _online(self, entities: dict[str, list[Any]]) -> pd.DataFrame:
+        if self._store is None:
+            f = self.project.config.features
+            self._store = self.plugins.feature_store(f.store, state_dir=self.project.state_dir, options=f.options)
+        return self._service.online(self._store, entities)
+
+    async def entity_columns(self, lv: LoadedVersion, entities: dict[str, list[Any]]) -> Columns:
+        """Look the model's inputs up in the online feature store, one row per entity."""
+        store_name = self.project.config.features.store
+        try:
+            frame = await asyncio.get_running_loop().run_in_executor(None, self._online, entities)
+        except LoomError as err:
+            raise RequestError(503, f"feature store {store_name!r} failed: {err}") from None
+        except Exception as err:  # noqa: BLE001 - a plugin's failure, named
+            log.exception("online feature look-up failed")
+            raise RequestError(503, f"feature store {store_name!r} failed ({type(err).__name__}); "
+                                    "see the server log") from None
+        missing = [c for c in lv.schema if c not in frame.columns]
+        if missing:
+            raise RequestError(409, f"model {lv.name!r} v{lv.version} needs input(s) {', '.join(missing)}, which "
+                                    f"feature service {self._service.name!r} does not provide")
+        frame = frame[list(lv.schema)]
+        absent = frame.isna().all(axis=1).to_numpy()
+        if absent.any():
+            keys = [", ".join(f"{k}={entities[k][i]!r}" for k in entities) for i in np.flatnonzero(absent)[:5]]
+            raise RequestError(404, f"no online features for entit{'y' if len(keys) == 1 else 'ies'} "
+                                    f"{'; '.join(keys)} (feature service {self._service.name!r})")
+        cols: dict[str, list[Any]] = {}
+        for c in frame.columns:
+            s = frame[c]
+            if pd.api.types.is_datetime64_any_dtype(s):
+                s = s.dt.strftime("%Y-%m-%dT%H:%M:%S")
+            cols[c] = s.astype(object).where(s.notna(), None).tolist()
+        return check_columns(cols, lv.schema)
 
     # -- monitoring --------------------------------------------------------------------------------------------
 
-    def drift(self, name: str) -> dict[str, Any]:
-        """Compare the captured window with the version's training reference using the drift-monitor plugin."""
-        served = self.get(name)
+    def drift(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Compare the captured window of a version (the primary by default) with its training reference, using
+        the drift-monitor plugin."""
+        routes = self.routes(name)
+        lv = self.resolve(name, version if version is not None else str(routes.primary))
         mon_cfg = self.project.config.monitoring
         if mon_cfg.monitor is None:
             raise RequestError(404, "monitoring is turned off for this project (monitoring.monitor is null)")
-        if served.reference is None:
-            raise RequestError(409, f"model {name!r} version {served.version} has no reference profile")
-        current = self.captures[name].frame()
+        if lv.reference is None:
+            raise RequestError(409, f"model {name!r} version {lv.version} has no reference profile")
+        current = lv.capture.frame()
         if current.empty:
-            raise RequestError(409, f"no served rows captured yet for model {name!r}")
+            raise RequestError(409, f"no served rows captured yet for model {name!r} version {lv.version}")
         if self._monitor is None:
             self._monitor = self.plugins.drift_monitor(mon_cfg.monitor, options=mon_cfg.options)
-        schema = served.predictor.inputs
+        schema = lv.schema
         numerical = [c for c, s in schema.items() if s["type"] not in CATEGORICAL_TYPES]
         categorical = [c for c, s in schema.items() if s["type"] in CATEGORICAL_TYPES]
         started = time.perf_counter()
         try:
-            report = self._monitor.check(served.reference[list(schema)], current[list(schema)],
+            report = self._monitor.check(lv.reference[list(schema)], current[list(schema)],
                                          numerical=numerical, categorical=categorical)
         except LoomError as err:
             raise RequestError(409, str(err)) from None
         out = report.to_dict()
-        out.update(model=name, version=served.version, seconds=round(time.perf_counter() - started, 4))
+        out.update(model=name, version=lv.version, seconds=round(time.perf_counter() - started, 4))
         if report.drifted:
-            self.plugins.call("loom_drift_detected", project=self.project, model=name, version=served.version,
+            self.plugins.call("loom_drift_detected", project=self.project, model=name, version=lv.version,
                               report=report)
         return out
-
-

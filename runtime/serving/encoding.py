@@ -1,0 +1,47 @@
+"""The request-path feature encoder: validated columns -> the model's float32 input matrix.
+
+It computes exactly what :meth:`runtime.model.Preprocessor.transform` computes (median imputation, standardisation,
+one-hot over the training categories, unknown categories as zeros) but straight from typed numpy columns, without
+pandas: for a one-row request that is tens of microseconds instead of milliseconds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..model import Preprocessor
+from .protocol import Columns
+
+
+class FeatureEncoder:
+    """Encodes :data:`~runtime.serving.protocol.Columns` for one model version's preprocessor."""
+
+    def __init__(self, pre: Preprocessor):
+        self.numeric = list(pre.numeric)
+        self.medians = np.asarray(pre.medians, dtype=np.float64)
+        self.means = np.asarray(pre.means, dtype=np.float64)
+        self.stds = np.asarray(pre.stds, dtype=np.float64)
+        self.categorical = [(c, {v: i for i, v in enumerate(cats)}, len(cats)) for c, cats in pre.categorical.items()]
+        self.width = pre.n_features
+
+    def __call__(self, cols: Columns) -> np.ndarray:
+        first = cols[self.numeric[0]] if self.numeric else cols[self.categorical[0][0]]
+        n = len(first)
+        out = np.zeros((n, self.width), dtype=np.float32)
+        k = len(self.numeric)
+        if k:
+            x = np.empty((n, k), dtype=np.float64)
+            for j, c in enumerate(self.numeric):
+                x[:, j] = cols[c]
+            missing = np.isnan(x)
+            if missing.any():
+                x = np.where(missing, self.medians, x)
+            out[:, :k] = (x - self.means) / self.stds
+        j = k
+        rows = np.arange(n)
+        for c, index, width in self.categorical:
+            pos = np.fromiter((index.get(v, -1) for v in cols[c]), dtype=np.int64, count=n)
+            hit = pos >= 0
+            out[rows[hit], j + pos[hit]] = 1.0
+            j += width
+        return out
