@@ -201,3 +201,56 @@ def test_process_killed_mid_registration_leaves_no_version(reg: ModelRegistry, t
     assert reg.register("m", {WEIGHTS: b"v2"}).version == 2
     uploaded = list((tmp_path / "mlflow-artifacts").rglob(WEIGHTS))
     assert len(uploaded) == 3  # the killed registration's upload is left unreferenced, never half-visible
+
+
+# -- the life cycle on MLflow -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_life_cycle_on_mlflow_tracks_training_and_serves_the_registered_version(
+    ray_cluster: object, serve_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``registry: {kind: mlflow}`` is the only change: training becomes an MLflow run with per-epoch metrics, the
+    version links to it with full lineage, and Ray Serve answers from the version MLflow holds."""
+    import httpx
+    import pandas as pd
+
+    from conftest import make_project
+    from runtime import Pipeline
+    from runtime.model import ModelBundle, Predictor
+
+    monkeypatch.delenv("LOOM_PLUGINS")
+    root = make_project(tmp_path / "proj", port=serve_port, training={"epochs": 2, "workers": 1},
+                        registry={"kind": "mlflow"})
+    pipe = Pipeline(root)
+    result = pipe.up()
+    version = result.version
+    uri = f"sqlite:///{root / '.loom' / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "churn-quickstart"
+    assert json.loads(run.data.params["hidden"]) == [64, 32] and run.data.params["use_gpu"] in ("true", "false")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [1, 2]
+    assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {"model.json"}
+    mv = client.get_model_version_by_alias("churn", "production")
+    assert (int(mv.version), mv.run_id) == (version.version, run.info.run_id)
+
+    lineage = pipe.registry.get_version("churn", "production").lineage
+    assert lineage["training"]["run_id"] == run.info.run_id
+    assert [h["epoch"] for h in lineage["training"]["history"]] == [1, 2]
+    assert lineage["data"]["fingerprint"] and lineage["data"]["source"].startswith("csv://")
+    assert "git_commit" in lineage["code"] and {"python", "torch", "ray"} <= set(lineage["packages"])
+    assert lineage["reference_profile"] in version.artifacts
+    assert pipe.tracker.get_run(run.info.run_id).metrics["val_auc"] == version.metrics["val_auc"]
+
+    df = pd.read_csv(root / "data" / "customers.csv").sample(16, random_state=3)
+    features = list(lineage["features"]["features"])
+    records = json.loads(df[features].to_json(orient="records"))
+    response = httpx.post(f"{result.url}/predict/churn", json=records, timeout=30)
+    assert response.status_code == 200, response.text
+    bundle = ModelBundle.from_artifacts({a: pipe.registry.read_artifact("churn", version.version, a)
+                                         for a in ("model.json", "model.safetensors")})
+    expected, _ = Predictor(bundle).predict({c: df[c].to_numpy() for c in features})
+    assert response.json()["predictions"] == expected

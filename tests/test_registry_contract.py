@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import runtime
-from runtime._contracts.registry import RegistryContract, TrackerContract
 from runtime import ModelRegistry
+from runtime.testing import RegistryContract, TrackerContract
 
 KINDS = ["local", "mlflow"]
 #: Only the registry plugins: the others are irrelevant here.
