@@ -112,6 +112,23 @@ def _output(values: Any, loom_type: str | None) -> pd.Series:
     return s.astype(object).where(s.notna(), None).astype(target) if target != "float64" else s.astype("float64")
 
 
+def _online_column(values: list[Any], loom_type: str | None) -> Any:
+    """Looked-up values (plain Python, ``None`` for missing) straight into Loom's typed array: the serving hot
+    path, so no per-column pandas round trips."""
+    n = len(values)
+    if loom_type in ("int", "bool"):
+        mask = np.fromiter((v is None for v in values), dtype=bool, count=n)
+        if loom_type == "int":
+            data = np.fromiter((0 if v is None else v for v in values), dtype=np.int64, count=n)
+            return pd.arrays.IntegerArray(data, mask)
+        return pd.arrays.BooleanArray(np.fromiter((bool(v) for v in values), dtype=bool, count=n), mask)
+    if loom_type == "float":
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    if loom_type in ("string", "category"):
+        return pd.array(values, dtype="string")
+    return _output(values, loom_type).to_numpy()
+
+
 class FeastFeatureStore:
     """A :class:`runtime.FeatureStore` whose storage and retrieval are Feast's."""
 
@@ -385,8 +402,9 @@ class FeastFeatureStore:
         columns = {}
         for f in feats:
             it = iter(found[f])
-            columns[f] = _output([next(it) if k is not None else None for k in keys], v.dtypes.get(f))
-        return pd.DataFrame(columns, index=pd.RangeIndex(len(keys)))
+            looked_up = found[f] if len(asked) == len(keys) else [next(it) if k is not None else None for k in keys]
+            columns[f] = _online_column(looked_up, v.dtypes.get(f))
+        return pd.DataFrame(columns, index=pd.RangeIndex(len(keys)), copy=False)
 
     def close(self) -> None:
         """Close Feast's SQLite online-store connection (Feast re-opens it on the next lookup)."""
