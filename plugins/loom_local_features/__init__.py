@@ -667,7 +667,7 @@ class LocalFeatureStore:
         columns = {}
         for i, (f, convert) in enumerate(zip(plan.features, plan.converters), start=1):
             columns[f] = convert([None if r is None else r[i] for r in rows])
-        return pd.DataFrame(columns, copy=False)
+        return pd.DataFrame(columns, index=pd.RangeIndex(len(keys)), copy=False)
 
     def _fetch(self, plan: _LookupPlan, keys: list[Any]) -> dict[Any, tuple[Any, ...]]:
         """Rows found for ``keys`` (``None`` keys skipped), by key."""
