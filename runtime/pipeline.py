@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .config import ColumnSpec, Project, load_project
+from .data import DataSource
 from .features import FeatureService
 from .plugins import Plugins, get_plugins
 from .registry import ModelVersion
@@ -134,11 +135,15 @@ class Pipeline:
             self.timings[name] = round(time.perf_counter() - started, 2)
         self.console.print(f"[green]✓[/] {name:<9} {self.timings[name]:6.2f}s  {message}")
 
-    def validated(self, uri: str, options: dict[str, Any], columns: dict[str, ColumnSpec]) -> tuple[ValidationReport, str]:
+    def open_source(self, uri: str, options: dict[str, Any]) -> DataSource:
+        """A data source of the project, by the plugin its URI scheme names."""
+        return self.plugins.data_source(uri, base_dir=self.project.root, options=options)
+
+    def validated(self, source: DataSource, columns: dict[str, ColumnSpec]) -> tuple[ValidationReport, str]:
         """Stream a data source through validation, applying the project's bad-row policy; return the report
         and the source's fingerprint."""
         d = self.project.config.data
-        source = self.plugins.data_source(uri, base_dir=self.project.root, options=options)
+        uri = source.uri
         policy = d.bad_rows
         quarantine = self.project.path(policy.path) if policy.path else self.project.state_dir / "quarantine"
         report = validate_batches(source.iter_batches(d.batch_rows), columns, source=uri, policy=policy.policy,
@@ -154,9 +159,9 @@ class Pipeline:
         """Read the data source batch by batch, validating each batch against the declared schema."""
         d = self.project.config.data
         with self.stage("ingest", f"opening {d.source}"):
-            self.plugins.data_source(d.source, base_dir=self.project.root, options=d.options)
+            source = self.open_source(d.source, d.options)
         with self.stage("validate", f"reading {d.source} and validating it against {len(d.columns)} columns"):
-            report, fingerprint = self.validated(d.source, d.options, d.columns)
+            report, fingerprint = self.validated(source, d.columns)
         return Dataset(frame=report.frame, uri=d.source, fingerprint=fingerprint, quarantined=report.quarantined)
 
     def write_features(self, data: Dataset) -> FeatureService:
@@ -171,7 +176,8 @@ class Pipeline:
                 store.apply_service(service)
             for name, view in defs.views.items():
                 own = defs.sources.get(name)
-                frame = data.frame if own is None else self.validated(own.uri, own.options, own.columns)[0].frame
+                frame = data.frame if own is None else self.validated(self.open_source(own.uri, own.options),
+                                                                      own.columns)[0].frame
                 store.write(name, frame[[view.entity, view.timestamp, *view.features]])
                 store.materialize(name)
         return defs.service
