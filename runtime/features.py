@@ -135,7 +135,7 @@ class FeatureService:
         :meth:`FeatureStore.get_online_features`."""
         import pandas as pd
 
-        if isinstance(entity_rows, pd.DataFrame) or isinstance(entity_rows, Mapping):
+        if isinstance(entity_rows, (pd.DataFrame, Mapping)):
             rows = entity_rows
         elif len(self.join_keys) == 1:
             rows = {self.join_keys[0]: list(entity_rows)}

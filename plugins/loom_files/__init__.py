@@ -13,6 +13,9 @@ The path is a single file, a directory (every file of the format directly inside
 files (``.name``) are skipped. Files are matched once, when the source is opened, so ``read``, ``iter_batches`` and
 ``fingerprint`` all describe the same files.
 
+Incremental reads: ``source.since(column, watermark)`` keeps only rows whose ``column`` is after ``watermark``
+(files have no index, so every file is still scanned; its fingerprint names the files and the watermark).
+
 Columns come back with the types pyarrow infers; validation coerces them to the declared schema. Integer
 columns become pandas ``Int64`` so that ids stay exact even when a column has nulls. Empty CSV fields are nulls.
 

@@ -56,6 +56,7 @@ class DataSourceContract:
         class TestMySource(DataSourceContract):
             @pytest.fixture
             def make_source(self, tmp_path):
+                plugins = runtime.get_plugins()
                 def make(df):
                     path = tmp_path / f"{uuid.uuid4().hex}.csv"
                     df.to_csv(path, index=False)
