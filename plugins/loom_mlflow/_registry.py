@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -64,10 +65,26 @@ _HOLDER_EXPERIMENT = "loom-registrations"
 _STATUS = {"RUNNING": "running", "SCHEDULED": "running", "FINISHED": "finished", "FAILED": "failed",
            "KILLED": "killed"}
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+#: Error codes of a store that is busy rather than broken: the call may succeed if repeated.
+_BUSY = ("TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED")
 #: Attempts at creating a model version when concurrent writers collide on the version number.
 _CREATE_ATTEMPTS = 40
 _PAGE = 1000
 _CACHE_LIMIT = 1024
+
+
+def _quiet_lock_contention(record: logging.LogRecord) -> bool:
+    """MLflow logs a traceback for every "database is locked" it meets; Loom retries those, so they are noise."""
+    return "database is locked" not in record.getMessage()
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_quiet_lock_contention)
+
+
+def _contended(err: MlflowException) -> bool:
+    """Whether a failed version creation lost a race with concurrent writers (and may be retried)."""
+    text = str(err.message).lower()
+    return err.error_code in _BUSY or "locked" in text or "version creation error" in text
 
 
 def _bytes(name: str, data: object) -> bytes:
@@ -222,7 +239,7 @@ class MlflowRegistry:
                                                       description=description or None)
                 return int(mv.version)
             except MlflowException as err:
-                if attempt == _CREATE_ATTEMPTS - 1 or err.error_code in _MISSING + ("INVALID_PARAMETER_VALUE",):
+                if attempt == _CREATE_ATTEMPTS - 1 or not _contended(err):
                     raise LoomError(f"MLflow at {self.registry_uri}: creating a version of model {name!r}: "
                                     f"{err.message}") from None
                 done = self._find_registration(name, run_id, registration)
