@@ -18,7 +18,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -194,6 +195,12 @@ class LoomApp:
         return 200, _dumps({"predictions": pred.labels}), _JSON
 
 
+class ErrorBody(BaseModel):
+    """Every error answer."""
+
+    error: str
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -203,7 +210,8 @@ def _metadata_api(server: ModelServer) -> FastAPI:
     api = FastAPI(title="Loom", version=__version__,
                   description="Models served by Loom: Open Inference Protocol v2, MLflow scoring and record-style "
                               "prediction. Inference routes take `name`, `name@alias` or "
-                              "`name/versions/N`.")
+                              "`name/versions/N`.",
+                  responses={"default": {"model": ErrorBody, "description": "A client error (4xx), named"}})
 
     @api.exception_handler(RequestError)
     async def _request_error(_: Request, err: RequestError) -> JSONResponse:
@@ -288,7 +296,8 @@ def _metadata_api(server: ModelServer) -> FastAPI:
     async def models() -> dict[str, Any]:
         return server.table.to_config()
 
-    @api.get("/metrics", tags=["operations"], summary="Prometheus metrics of this replica")
+    @api.get("/metrics", tags=["operations"], summary="Prometheus metrics of this replica",
+             response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(server.metrics.render(), media_type=server.metrics.content_type)
 

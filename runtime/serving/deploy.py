@@ -204,7 +204,7 @@ def deploy(project: Project, model: str, ref: int | str, *, canary: int | None =
 
 def set_canary(project: Project, model: str, percent: int, *, timeout_s: float = 180) -> str:
     """Change the traffic share of a running canary."""
-    table = current_table(project).set_canary_weight(model, percent)
+    table = current_table(project).set_canary_percent(model, percent)
     return _apply(project, table, timeout_s=timeout_s)
 
 

@@ -36,7 +36,8 @@ class FeatureEncoder:
             missing = np.isnan(x)
             if missing.any():
                 x = np.where(missing, self.medians, x)
-            out[:, :k] = (x - self.means) / self.stds
+            with np.errstate(over="ignore"):  # a value beyond float32 becomes inf; the output check names it
+                out[:, :k] = (x - self.means) / self.stds
         j = k
         rows = np.arange(n)
         for c, index, width in self.categorical:

@@ -118,6 +118,9 @@ class LoadedVersion:
     async def predict(self, cols: Columns) -> Prediction:
         assert self.batcher is not None
         proba = await self.batcher(self.encode(cols))
+        if not np.isfinite(proba).all():
+            row = int(np.flatnonzero(~np.isfinite(proba).all(axis=1))[0])
+            raise RequestError(400, f"row {row}: the model's output is not finite; numeric inputs are too large")
         classes = self.classes
         labels = [classes[i] for i in proba.argmax(axis=1).tolist()]
         self.capture.add(cols, labels)
@@ -191,7 +194,7 @@ class ModelServer:
         keep = {(n, v) for n, r in table.models.items() for v in r.live}
         self._state = _State(table, {k: lv for k, lv in loaded.items() if k in keep})
         log.info("serving %s (generation %d)", ", ".join(
-            f"{n} v{r.primary}" + (f" + canary v{r.canary}" if r.canary else "") for n, r in table.models.items())
+            f"{n} v{r.primary}" + (f" + canary v{r.canary} ({r.canary_percent}%)" if r.canary is not None else "") for n, r in table.models.items())
             or "nothing", table.generation)
 
     def apply(self, table: RoutingTable) -> None:
