@@ -143,7 +143,8 @@ class Comparison:
 
     def best(self, metric: str, *, higher_is_better: bool = True) -> Run | None:
         """The run with the best finite value of ``metric`` (``None`` if no run has one)."""
-        scored = [(v, r) for v, r in zip(self.metrics.get(metric, ()), self.runs) if v is not None and math.isfinite(v)]
+        values = self.metrics.get(metric, (None,) * len(self.runs))
+        scored = [(v, r) for v, r in zip(values, self.runs, strict=True) if v is not None and math.isfinite(v)]
         if not scored:
             return None
         pick = max if higher_is_better else min

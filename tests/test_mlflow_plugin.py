@@ -16,9 +16,8 @@ import pytest
 import runtime
 from runtime import ConfigError, LoomError, ModelRegistry, Tracker
 
-mlflow = pytest.importorskip("mlflow")
+pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
-
 from mlflow_store import migrated_store, store_options  # noqa: E402
 
 WEIGHTS = "model.safetensors"
@@ -217,8 +216,8 @@ def test_life_cycle_on_mlflow_tracks_training_and_serves_the_registered_version(
     version links to it with full lineage, and Ray Serve answers from the version MLflow holds."""
     import httpx
     import pandas as pd
-
     from conftest import make_project
+
     from runtime import Pipeline
     from runtime.model import ModelBundle, Predictor
 

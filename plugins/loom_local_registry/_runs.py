@@ -63,7 +63,8 @@ class RunTracking:
             check_name(key, "param name")
         with self._db.transaction(write=True) as conn:
             current = json.loads(self._row(conn, run_id)[6])
-            changed = [f"{k}: {current[k]!r} -> {new[k]!r}" for k in sorted(new) if k in current and current[k] != new[k]]
+            changed = [f"{k}: {current[k]!r} -> {new[k]!r}" for k in sorted(new)
+                       if k in current and current[k] != new[k]]
             if changed:
                 raise LoomError(f"run {run_id} already has different values for params ({'; '.join(changed)}); "
                                 "params are written once, so start a new run to change them")

@@ -21,8 +21,8 @@ the local registry. Options:
     tracking server.
 
 The core never imports MLflow; this module imports it only when a registry is created. MLflow's usage telemetry
-is turned off (``MLFLOW_DISABLE_TELEMETRY=true`` unless already set), since Loom never phones home. It uses only ``runtime``'s
-public API, exactly as a third-party plugin would.
+is turned off (``MLFLOW_DISABLE_TELEMETRY=true`` unless already set), since Loom never phones home. It uses only
+``runtime``'s public API, exactly as a third-party plugin would.
 """
 
 from __future__ import annotations
