@@ -3,6 +3,7 @@ both through Loom and through MLflow's own client."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -214,18 +216,29 @@ def test_life_cycle_on_mlflow_tracks_training_and_serves_the_registered_version(
 ) -> None:
     """``registry: {kind: mlflow}`` is the only change: training becomes an MLflow run with per-epoch metrics, the
     version links to it with full lineage, and Ray Serve answers from the version MLflow holds."""
-    import httpx
-    import pandas as pd
     from conftest import make_project
 
     from runtime import Pipeline
-    from runtime.model import ModelBundle, Predictor
+    from runtime.serving.deploy import shutdown
 
     monkeypatch.delenv("LOOM_PLUGINS")
     root = make_project(tmp_path / "proj", port=serve_port, training={"epochs": 2, "workers": 1},
                         registry={"kind": "mlflow"})
     pipe = Pipeline(root)
-    result = pipe.up()
+    try:
+        result = pipe.up()
+        _check_tracked_and_served(pipe, result, root)
+    finally:
+        with contextlib.suppress(LoomError):  # Serve has one HTTP port per cluster: leave it to the next test
+            shutdown(pipe.project)
+
+
+def _check_tracked_and_served(pipe: Any, result: Any, root: Path) -> None:
+    import httpx
+    import pandas as pd
+
+    from runtime.model import ModelBundle, Predictor
+
     version = result.version
     uri = f"sqlite:///{root / '.loom' / 'mlflow' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
