@@ -11,6 +11,7 @@ import importlib.metadata as md
 import io
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -93,6 +94,10 @@ class Pipeline:
     def __init__(self, project: Project | str, *, plugins: Plugins | None = None, console: Console | None = None):
         self.project = project if isinstance(project, Project) else load_project(project)
         cfg = self.project.config
+        # Modules in the project directory (plugins named in `plugins:`, a custom architecture) import here as
+        # they do on Ray workers, which get the project on PYTHONPATH (runtime.cluster.project_runtime_env).
+        if str(self.project.root) not in sys.path:
+            sys.path.insert(0, str(self.project.root))
         self.plugins = plugins or get_plugins(modules=cfg.plugins)
         self.console = console or Console(stderr=True)
         self.timings: dict[str, float] = {}
