@@ -314,6 +314,9 @@ class ServingConfig(_Strict):
     batch_wait_ms: float = Field(
         0, ge=0, le=1000, description="How long a forming batch waits for more requests. 0: run as soon as the "
         "model is free; batches still form from requests that arrive meanwhile, without adding latency.")
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
+        "EveryNode", description="Where Ray Serve runs HTTP proxies: on every node with a replica (default), only on "
+        "the head node, or none (handles only).")
     health_check_period_s: float = Field(5, gt=0, description="Seconds between replica health checks.")
     health_check_timeout_s: float = Field(10, gt=0, description="A health check slower than this fails.")
     auth_token_env: str | None = Field(

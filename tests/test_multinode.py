@@ -40,6 +40,10 @@ def _wait(predicate, timeout: float, what: str):
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
+    # Ray's token auth: every process talking to the cluster (nodes, CLI, this test's state/jobs clients) sends
+    # the token from ~/.ray/auth_token.
+    previous = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"
     gcs, dash = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
@@ -49,7 +53,9 @@ def two_nodes(tmp_path_factory):
                              "--dashboard-port", str(dash), "--include-dashboard", "true", *common],
                             env=env, stdout=open(logs / "head.log", "w"), stderr=subprocess.STDOUT)
     dashboard = f"http://127.0.0.1:{dash}"
-    _wait(lambda: httpx.get(f"{dashboard}/api/version", timeout=2).status_code == 200, 90, "the head node")
+    from ray.job_submission import JobSubmissionClient
+
+    _wait(lambda: JobSubmissionClient(dashboard).get_version(), 90, "the head node")
     worker = subprocess.Popen([RAY, "start", "--address", f"127.0.0.1:{gcs}", *common], env=env,
                               stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT)
 
@@ -63,6 +69,10 @@ def two_nodes(tmp_path_factory):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+    if previous is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = previous
 
 
 def _actors(dashboard: str, class_prefix: str, state: str) -> list:
@@ -87,7 +97,7 @@ def test_life_cycle_on_two_nodes_survives_losing_one(two_nodes, tmp_path):
 
     # 2. Placement: training workers and serving replicas used both nodes.
     train_nodes = {a.node_id for a in _actors(two_nodes["dashboard"], "RayTrainWorker", "DEAD")}
-    replicas = _actors(two_nodes["dashboard"], "ServeReplica:loom:", "ALIVE")
+    replicas = _actors(two_nodes["dashboard"], "ServeReplica:", "ALIVE")
     assert len(train_nodes) == 2, train_nodes
     assert len({a.node_id for a in replicas}) == 2, [(a.class_name, a.node_id) for a in replicas]
 

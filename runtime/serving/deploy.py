@@ -91,7 +91,7 @@ def _code_version(project: Project, token: str | None) -> str:
     return h.hexdigest()[:16]
 
 
-def _start_serve(host: str, port: int) -> None:
+def _start_serve(host: str, port: int, proxy_location: str = "EveryNode") -> None:
     from ray.serve.context import _get_global_client
 
     try:
@@ -99,7 +99,7 @@ def _start_serve(host: str, port: int) -> None:
     except Exception:  # noqa: BLE001 - Serve is not running yet
         client = None
     if client is None:
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location)
         return
     current = client.http_config
     if (current.host, current.port) != (host, port):
@@ -126,7 +126,7 @@ def _apply(project: Project, table: RoutingTable, *, timeout_s: float) -> str:
     cfg = project.config.serving
     token = _token(project)
     _quiet_serve_logs()
-    _start_serve(cfg.host, cfg.port)
+    _start_serve(cfg.host, cfg.port, cfg.proxy_location)
     options: dict = dict(
         name="ingress",
         max_ongoing_requests=cfg.max_ongoing_requests,
