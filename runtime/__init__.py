@@ -16,7 +16,7 @@ from .data import DataSource, IncrementalSource, hash_files, hash_frame, resolve
 from .errors import ConfigError, DataValidationError, InvalidNameError, LoomError, NotFoundError, PluginError
 from .features import FeatureService, FeatureStore, FeatureView
 from .hookspecs import Register
-from .monitoring import DriftMonitor, DriftReport, FeatureDrift
+from .monitoring import DriftMonitor, DriftReport, FeatureDrift, QualityMonitor
 from .names import check_name
 from .plugins import PluginInfo, Plugins, get_plugins
 from .registry import (
@@ -70,6 +70,7 @@ __all__ = [
     "DataValidationError",
     "DriftMonitor",
     "DriftReport",
+    "QualityMonitor",
     "FeatureDrift",
     "FeatureService",
     "FeatureStore",

@@ -332,13 +332,36 @@ class ServingConfig(_Strict):
         return v
 
 
+class RetrainConfig(_Strict):
+    """The closed loop run by ``loom loop``: on drift, retrain, deploy a canary, promote it only if it wins."""
+
+    enabled: bool = Field(False, description="Act on drift; off by default so production never retrains unasked.")
+    source: str | None = Field(None, description="Data source URI of fresh training data (default: data.source).")
+    canary_percent: int = Field(10, ge=1, le=99, description="Traffic share of the retrained version while judged.")
+    min_labelled: int = Field(100, ge=1, description="Labelled served rows needed to judge the canary.")
+    min_improvement: float = Field(0.0, ge=0, description="Accuracy the new version must gain to be promoted.")
+    cooldown_s: float = Field(600, ge=0, description="Seconds after a retrain before drift can start another.")
+
+
 class MonitoringConfig(_Strict):
-    """Drift monitoring of served traffic."""
+    """Drift monitoring of served traffic: capture, scheduled checks, history and the retrain loop."""
 
     monitor: str | None = Field("evidently", description="Drift-monitor plugin name; null turns monitoring off.")
-    sample_rate: float = Field(1.0, ge=0, le=1, description="Fraction of served rows captured.")
-    window: int = Field(1000, ge=10, description="Captured rows kept per model for drift checks.")
+    sample_rate: float = Field(1.0, ge=0, le=1, description="Fraction of served requests captured.")
+    window: int = Field(1000, ge=10, description="Captured rows kept per model version for drift checks.")
+    window_s: float | None = Field(None, gt=0, description="Check only rows captured in the last this many seconds.")
     reference_rows: int = Field(2000, ge=10, description="Training rows kept as the drift reference.")
+    check_rows: int = Field(5000, ge=100, description="A larger window is sampled down to this many rows per check.")
+    interval_s: float | None = Field(60, gt=0, description="Seconds between scheduled checks in each replica; "
+                                     "null: on demand only.")
+    min_rows: int = Field(100, ge=1, description="New captured rows needed before a scheduled check runs.")
+    history: int = Field(200, ge=1, description="Check results kept per model (also appended to the store).")
+    store: Literal["parquet"] | None = Field("parquet", description="Capture store; null keeps only the window.")
+    store_path: str | None = Field(None, description="Where captured rows go (default: <state_dir>/capture).")
+    flush_interval_s: float = Field(2, gt=0, description="Seconds between background flushes to the store.")
+    max_pending: int = Field(10000, ge=1, description="Sampled requests buffered for the store; more are dropped "
+                             "and counted (loom_capture_dropped_total).")
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig, description="The drift-to-retrain loop.")
     options: dict[str, Any] = Field(default_factory=dict, description="Options passed to the drift-monitor plugin.")
 
 

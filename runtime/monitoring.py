@@ -62,3 +62,19 @@ class DriftMonitor(Protocol):
 
 
 DriftMonitorFactory = Any
+
+
+@runtime_checkable
+class QualityMonitor(Protocol):
+    """Optional capabilities of a drift monitor (the built-in Evidently one has them); Loom's window checks add
+    their results when the configured monitor provides them."""
+
+    def data_quality(self, current: pd.DataFrame, *, schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Per column: ``missing``, ``out_of_range`` (declared ``min``/``max``), ``new_categories`` (declared
+        ``categories``) counts and ``rows``."""
+        ...
+
+    def performance(self, labelled: pd.DataFrame, *, target: str, prediction: str,
+                    classes: list[Any]) -> dict[str, Any]:
+        """Classification quality of ``prediction`` against ``target``: at least ``accuracy`` and ``rows``."""
+        ...

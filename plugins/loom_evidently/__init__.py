@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
 import pandas as pd
@@ -97,6 +98,58 @@ class EvidentlyMonitor:
         """Evidently's standalone HTML report of the same comparison as :meth:`check` (same errors)."""
         snapshot = self._run(reference, current, numerical=numerical, categorical=categorical)
         return snapshot.get_html_str(as_iframe=False)
+
+    def data_quality(self, current: pd.DataFrame, *, schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Per input column, Evidently's counts of missing values, numbers outside the declared ``min``/``max`` and
+        categories outside the declared ``categories``: ``{column: {"missing": n, "out_of_range": n,
+        "new_categories": n, "rows": n}}`` (a count is absent where the schema declares no bound)."""
+        from evidently import DataDefinition, Dataset, Report
+        from evidently.metrics import MissingValueCount, OutListValueCount, OutRangeValueCount
+
+        numerical = [c for c, s in schema.items() if s.get("type") in ("int", "float")]
+        categorical = [c for c in schema if c not in numerical]
+        frame = pd.DataFrame({c: current[c].astype("float64") if c in numerical else current[c] for c in schema})
+        metrics: list[Any] = [MissingValueCount(column=c) for c in schema]
+        for c in numerical:
+            lo, hi = schema[c].get("min"), schema[c].get("max")
+            if lo is not None or hi is not None:
+                metrics.append(OutRangeValueCount(column=c, left=-math.inf if lo is None else lo,
+                                                  right=math.inf if hi is None else hi))
+        for c in categorical:
+            if schema[c].get("categories"):
+                metrics.append(OutListValueCount(column=c, values=list(schema[c]["categories"])))
+        definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
+        snapshot = Report(metrics).run(Dataset.from_pandas(frame, data_definition=definition), None)
+        names = {"MissingValueCount": "missing", "OutRangeValueCount": "out_of_range",
+                 "OutListValueCount": "new_categories"}
+        out: dict[str, dict[str, Any]] = {c: {"rows": len(frame)} for c in schema}
+        for metric in json.loads(snapshot.json())["metrics"]:
+            config = metric["config"]
+            out[config["column"]][names[config["type"].rsplit(":", 1)[-1]]] = int(metric["value"]["count"])
+        return out
+
+    def performance(self, labelled: pd.DataFrame, *, target: str, prediction: str,
+                    classes: list[Any]) -> dict[str, Any]:
+        """Evidently's classification quality of ``prediction`` against ``target`` (labels compared as text):
+        ``{"accuracy": ..., "f1": ..., "rows": n}``.
+
+        :raises runtime.LoomError: no labelled rows.
+        """
+        if len(labelled) == 0:
+            raise LoomError("no labelled rows to measure performance on; send labels to /feedback/{model}")
+        from evidently import BinaryClassification, DataDefinition, Dataset, MulticlassClassification, Report
+        from evidently.metrics import Accuracy, F1Score
+
+        frame = pd.DataFrame({"target": labelled[target].astype(str), "prediction": labelled[prediction].astype(str)})
+        names = [str(c) for c in classes]
+        task: Any = (BinaryClassification(target="target", prediction_labels="prediction", pos_label=names[-1])
+                     if len(names) == 2 else MulticlassClassification(target="target", prediction_labels="prediction"))
+        definition = DataDefinition(categorical_columns=["target", "prediction"], classification=[task])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sklearn's ill-defined-precision warnings on tiny windows
+            snapshot = Report([Accuracy(), F1Score()]).run(Dataset.from_pandas(frame, data_definition=definition), None)
+        values = {m["config"]["type"].rsplit(":", 1)[-1]: m["value"] for m in json.loads(snapshot.json())["metrics"]}
+        return {"accuracy": float(values["Accuracy"]), "f1": float(values["F1Score"]), "rows": len(frame)}
 
     # -- internals -------------------------------------------------------------------------------------------
 

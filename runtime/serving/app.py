@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,6 +28,7 @@ from . import oip
 from .openapi import build_openapi
 from .protocol import RequestError
 from .scoring import decode_mlflow, decode_predict
+from .capture import new_request_id
 from .server import LoadedVersion, ModelServer
 
 log = logging.getLogger("loom.serving")
@@ -43,6 +44,23 @@ _JSON = [(b"content-type", b"application/json")]
 
 class _Disconnected(Exception):
     """The client went away before sending its whole body."""
+
+
+class _Call:
+    """One inference request as the handlers see it: the version it reached, and its request id (the client's
+    ``X-Request-ID``, else an Open Inference Protocol ``id``, else a new one), echoed in ``X-Request-ID``."""
+
+    __slots__ = ("target", "request_id")
+
+    def __init__(self, supplied: bytes | None):
+        self.target: LoadedVersion | None = None
+        self.request_id = (supplied.decode("latin-1") if supplied and len(supplied) <= 128 and supplied.isascii()
+                           and supplied.decode("latin-1").isprintable() else "")
+
+    def id(self, protocol_id: str | None = None) -> str:
+        if not self.request_id:
+            self.request_id = str(protocol_id)[:128] if protocol_id else new_request_id()
+        return self.request_id
 
 
 def _dumps(obj: Any) -> bytes:
@@ -123,10 +141,10 @@ class LoomApp:
                      headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
         protocol, handler, args = route
         started = time.perf_counter()
-        target: list[LoadedVersion] = []
+        call = _Call(headers.get(b"x-request-id"))
         try:
             body = await self._body(receive) if protocol != "health" else b""
-            status, payload, extra = await handler(body, headers, target, *args)
+            status, payload, extra = await handler(body, headers, call, *args)
         except RequestError as err:
             status, payload = err.status, _dumps({"error": err.message})
             extra = [*_JSON, *((k.lower().encode(), v.encode()) for k, v in err.headers.items())]
@@ -136,9 +154,11 @@ class LoomApp:
             log.exception("unexpected error while serving a request")
             status, extra = 500, _JSON
             payload = _dumps({"error": f"internal error ({type(err).__name__}); see the server log"})
+        if call.request_id:
+            extra = [*extra, (b"x-request-id", call.request_id.encode("latin-1"))]
         await _respond(send, status, payload, extra)
         if protocol != "health":
-            lv = target[0] if target else None
+            lv = call.target
             self.server.metrics.observe(lv.name if lv else "", lv.label if lv else "", protocol, status,
                                         time.perf_counter() - started)
 
@@ -156,42 +176,42 @@ class LoomApp:
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    # -- handlers: (body, headers, target, *args) -> (status, body, headers) ------------------------------------
+    # -- handlers: (body, headers, call, *args) -> (status, body, headers) ------------------------------------
 
-    async def _method_not_allowed(self, body: bytes, headers: dict[bytes, bytes], target: list[LoadedVersion]):
+    async def _method_not_allowed(self, body: bytes, headers: dict[bytes, bytes], call: _Call):
         raise RequestError(405, "use POST for inference", {"Allow": "POST"})
 
-    async def _health(self, body: bytes, headers: dict[bytes, bytes], target: list[LoadedVersion], kind: str):
+    async def _health(self, body: bytes, headers: dict[bytes, bytes], call: _Call, kind: str):
         if kind == "live":
             return 200, b'{"live":true}', _JSON
         ready = self.server.ready
         return (200 if ready else 503), _dumps({"ready": ready}), _JSON
 
-    async def _infer(self, body: bytes, headers: dict[bytes, bytes], target: list[LoadedVersion], name: str,
+    async def _infer(self, body: bytes, headers: dict[bytes, bytes], call: _Call, name: str,
                      version: str | None):
         lv = self.server.resolve(name, version)
-        target.append(lv)
+        call.target = lv
         header_length = headers.get(b"inference-header-content-length")
         req = oip.decode_infer(body, header_length.decode() if header_length is not None else None, lv.schema)
-        pred = await lv.predict(req.columns)
+        pred = await lv.predict(req.columns, call.id(req.id))
         out, content = oip.encode_infer(lv.name, lv.version, pred.labels, lv.label_type, pred.proba, req)
         return 200, out, [(k.encode(), v.encode()) for k, v in content.items()]
 
-    async def _predict(self, body: bytes, headers: dict[bytes, bytes], target: list[LoadedVersion], name: str):
+    async def _predict(self, body: bytes, headers: dict[bytes, bytes], call: _Call, name: str):
         lv = self.server.resolve(name)
-        target.append(lv)
+        call.target = lv
         req = decode_predict(body, lv.schema, self.server.join_keys)
         cols = req.columns if req.columns is not None else await self.server.entity_columns(lv, req.entities or {})
-        pred = await lv.predict(cols)
+        pred = await lv.predict(cols, call.id())
         return 200, _dumps({"model": lv.name, "version": lv.version, "predictions": pred.labels,
                             "probabilities": pred.proba.round(6).tolist(), "classes": lv.classes}), _JSON
 
-    async def _invocations(self, body: bytes, headers: dict[bytes, bytes], target: list[LoadedVersion], name: str):
+    async def _invocations(self, body: bytes, headers: dict[bytes, bytes], call: _Call, name: str):
         lv = self.server.resolve(name)
-        target.append(lv)
+        call.target = lv
         content_type = headers.get(b"content-type")
         cols = decode_mlflow(body, content_type.decode("latin-1") if content_type else None, lv.schema)
-        pred = await lv.predict(cols)
+        pred = await lv.predict(cols, call.id())
         return 200, _dumps({"predictions": pred.labels}), _JSON
 
 
@@ -305,5 +325,25 @@ def _metadata_api(server: ModelServer) -> FastAPI:
              summary="Drift of captured traffic against the training reference")
     async def drift(name: str, version: str | None = None) -> dict[str, Any]:
         return await run_in_threadpool(server.drift, name, version)
+
+    @api.get("/monitoring/{name}/report", tags=["operations"], response_class=Response,
+             responses={200: {"content": {"text/html": {}}, "description": "Evidently's HTML report"}},
+             summary="The drift monitor's HTML report of captured traffic against the training reference")
+    async def drift_report(name: str, version: str | None = None) -> Response:
+        return HTMLResponse(await run_in_threadpool(server.checks.html, name, version))
+
+    @api.get("/monitoring/{name}/history", tags=["operations"],
+             summary="Summaries of past drift checks of this replica, oldest first")
+    async def drift_history(name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return server.checks.history(name, limit)
+
+    @api.post("/feedback/{name}", tags=["operations"],
+              summary='Ground-truth labels for served request ids: {"labels": [{"id": ..., "label": ...}]}')
+    async def feedback(name: str, request: Request) -> dict[str, Any]:
+        try:
+            payload = json.loads(await request.body())
+        except ValueError:
+            raise RequestError(400, "the body is not valid JSON") from None
+        return server.checks.feedback(name, payload)
 
     return api

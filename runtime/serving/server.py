@@ -7,11 +7,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import random
 import statistics
-import threading
 import time
-from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,9 +20,11 @@ import torch
 
 from ..config import Project, load_project
 from ..errors import LoomError
-from ..model import CATEGORICAL_TYPES, ModelBundle
+from ..model import ModelBundle
 from ..plugins import Plugins, get_plugins
 from .batching import MicroBatcher
+from .capture import Capture
+from .drift import DriftChecks
 from .encoding import FeatureEncoder
 from .metrics import ServingMetrics
 from .oip import label_datatype
@@ -37,44 +36,6 @@ log = logging.getLogger("loom.serving")
 REFERENCE = "reference.parquet"
 #: A forward pass of one row faster than this runs on the event loop; slower ones run on the forward thread.
 INLINE_FORWARD_S = 0.0003
-
-
-class Capture:
-    """A bounded, sampled window of served rows for drift monitoring.
-
-    :meth:`add` is on the request path: one random draw, and for a sampled request one append under a short lock;
-    no copying, no pandas, no I/O, never blocking on a reader. :meth:`frame` builds the DataFrame when a drift
-    check asks for it.
-    """
-
-    def __init__(self, window: int, sample_rate: float, seed: int = 0):
-        self.window = window
-        self.sample_rate = sample_rate
-        self._chunks: deque[tuple[Columns, list[Any]]] = deque()
-        self._rows = 0
-        self._lock = threading.Lock()
-        self._rng = random.Random(seed)
-        self.captured = 0
-
-    def add(self, cols: Columns, predicted: list[Any]) -> None:
-        if self.sample_rate <= 0 or (self.sample_rate < 1 and self._rng.random() >= self.sample_rate):
-            return
-        n = len(predicted)
-        with self._lock:
-            self._chunks.append((cols, predicted))
-            self._rows += n
-            self.captured += n
-            while self._chunks and self._rows - len(self._chunks[0][1]) >= self.window:
-                self._rows -= len(self._chunks.popleft()[1])
-
-    def frame(self) -> pd.DataFrame:
-        """The captured rows (at most ``window``, newest last) with a ``prediction`` column."""
-        with self._lock:
-            chunks = list(self._chunks)
-        if not chunks:
-            return pd.DataFrame()
-        frames = [pd.DataFrame({**cols, "prediction": predicted}) for cols, predicted in chunks]
-        return pd.concat(frames, ignore_index=True).tail(self.window).reset_index(drop=True)
 
 
 @dataclass
@@ -115,15 +76,16 @@ class LoadedVersion:
             times.append(time.perf_counter() - started)
         return statistics.median(times)
 
-    async def predict(self, cols: Columns) -> Prediction:
+    async def predict(self, cols: Columns, request_id: str = "") -> Prediction:
         assert self.batcher is not None
+        started = time.perf_counter()
         proba = await self.batcher(self.encode(cols))
         if not np.isfinite(proba).all():
             row = int(np.flatnonzero(~np.isfinite(proba).all(axis=1))[0])
             raise RequestError(400, f"row {row}: the model's output is not finite; numeric inputs are too large")
         classes = self.classes
         labels = [classes[i] for i in proba.argmax(axis=1).tolist()]
-        self.capture.add(cols, labels)
+        self.capture.add(cols, labels, request_id=request_id, latency_s=time.perf_counter() - started)
         return Prediction(labels, proba)
 
 
@@ -148,8 +110,8 @@ class ModelServer:
         self.forward_pool = ThreadPoolExecutor(1, thread_name_prefix="loom-forward")
         self._state = _State(RoutingTable(), {})
         self._store: Any = None
-        self._monitor: Any = None
         self._service = cfg.feature_definitions.service
+        self.checks = DriftChecks(self)
 
     @classmethod
     def from_project(cls, root: str, *, token: str | None = None, replica: str = "") -> ModelServer:
@@ -175,7 +137,7 @@ class ModelServer:
             reference = pd.read_parquet(io.BytesIO(self.registry.read_artifact(name, mv.version, REFERENCE)))
         mon = self.project.config.monitoring
         return LoadedVersion(name, mv.version, ModelBundle.from_artifacts(arts), reference,
-                             Capture(mon.window, mon.sample_rate))
+                             Capture(name, mv.version, mon.window, mon.sample_rate, store=self.checks.store))
 
     def _start(self, lv: LoadedVersion) -> LoadedVersion:
         cfg = self.project.config.serving
@@ -204,6 +166,7 @@ class ModelServer:
 
     async def reconfigure(self, table: RoutingTable) -> None:
         """:meth:`apply` without blocking the event loop: loading runs on a thread while requests keep flowing."""
+        self.checks.start()
         loop = asyncio.get_running_loop()
         loaded = await asyncio.gather(*(loop.run_in_executor(None, self.load, *key) for key in self._missing(table)))
         new = {(lv.name, lv.version): lv for lv in loaded}
@@ -284,32 +247,6 @@ class ModelServer:
     # -- monitoring --------------------------------------------------------------------------------------------
 
     def drift(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """Compare the captured window of a version (the primary by default) with its training reference, using
-        the drift-monitor plugin."""
-        routes = self.routes(name)
-        lv = self.resolve(name, version if version is not None else str(routes.primary))
-        mon_cfg = self.project.config.monitoring
-        if mon_cfg.monitor is None:
-            raise RequestError(404, "monitoring is turned off for this project (monitoring.monitor is null)")
-        if lv.reference is None:
-            raise RequestError(409, f"model {name!r} version {lv.version} has no reference profile")
-        current = lv.capture.frame()
-        if current.empty:
-            raise RequestError(409, f"no served rows captured yet for model {name!r} version {lv.version}")
-        if self._monitor is None:
-            self._monitor = self.plugins.drift_monitor(mon_cfg.monitor, options=mon_cfg.options)
-        schema = lv.schema
-        numerical = [c for c, s in schema.items() if s["type"] not in CATEGORICAL_TYPES]
-        categorical = [c for c, s in schema.items() if s["type"] in CATEGORICAL_TYPES]
-        started = time.perf_counter()
-        try:
-            report = self._monitor.check(lv.reference[list(schema)], current[list(schema)],
-                                         numerical=numerical, categorical=categorical)
-        except LoomError as err:
-            raise RequestError(409, str(err)) from None
-        out = report.to_dict()
-        out.update(model=name, version=lv.version, seconds=round(time.perf_counter() - started, 4))
-        if report.drifted:
-            self.plugins.call("loom_drift_detected", project=self.project, model=name, version=lv.version,
-                              report=report)
-        return out
+        """Check the captured window of a version (the primary by default) against its training reference with
+        the drift-monitor plugin (see :class:`~runtime.serving.drift.DriftChecks`)."""
+        return self.checks.check(name, version)

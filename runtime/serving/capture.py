@@ -1,0 +1,199 @@
+"""Capture of served traffic: a sampled in-memory window per model version for drift checks, and a capture store
+that a background thread fills with every sampled request (Parquet, partitioned by model, version and date).
+
+The request path only draws a random number and, for a sampled request, appends one tuple to two deques: no
+copying, no pandas, no I/O, no lock a reader could hold. When the store's buffer is full the sample is dropped and
+counted, so capture never slows or fails a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .protocol import Columns
+
+log = logging.getLogger("loom.serving")
+
+#: Columns the store and the window add next to a model's inputs.
+META = ("request_id", "row", "ts", "version", "latency_ms", "prediction")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One sampled request: its inputs (columns), predicted labels and what the store records about it."""
+
+    model: str
+    version: int
+    request_id: str
+    ts: float
+    latency_ms: float
+    cols: Columns
+    predicted: list[Any]
+
+    def frame(self) -> pd.DataFrame:
+        n = len(self.predicted)
+        return pd.DataFrame({"request_id": [self.request_id] * n, "row": range(n), "ts": [self.ts] * n,
+                             "version": [self.version] * n, "latency_ms": [self.latency_ms] * n, **self.cols,
+                             "prediction": self.predicted})
+
+
+def frames(samples: list[Sample]) -> pd.DataFrame:
+    if not samples:
+        return pd.DataFrame(columns=list(META))
+    out = pd.concat([s.frame() for s in samples], ignore_index=True)
+    out["ts"] = pd.to_datetime(out["ts"], unit="s", utc=True)
+    return out
+
+
+class CaptureStore:
+    """Writes sampled requests and feedback labels as Parquet files under ``root``:
+    ``model=<m>/version=<v>/date=<YYYY-MM-DD>/part-*.parquet`` and ``feedback/model=<m>/date=<d>/part-*.parquet``.
+
+    :meth:`offer` never blocks: above ``max_pending`` buffered requests it drops the sample and counts it. A daemon
+    thread flushes every ``flush_s`` seconds; a failed write is logged and counted as dropped, never raised.
+    """
+
+    def __init__(self, root: Path, *, max_pending: int, flush_s: float, replica: str = "",
+                 on_drop: Any = None, on_write: Any = None):
+        self.root = root
+        self.max_pending = max_pending
+        self.flush_s = flush_s
+        self.tag = (replica or "local")[:12] + "-" + uuid.uuid4().hex[:6]
+        self.dropped = 0
+        self.written = 0
+        self._pending: deque[Sample] = deque()
+        self._feedback: deque[tuple[str, pd.DataFrame]] = deque()
+        self._on_drop = on_drop or (lambda n: None)
+        self._on_write = on_write or (lambda n: None)
+        self._seq = 0
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loom-capture", daemon=True)
+        self._thread.start()
+
+    def offer(self, sample: Sample) -> bool:
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1
+            self._on_drop(1)
+            return False
+        self._pending.append(sample)
+        return True
+
+    def add_feedback(self, model: str, labels: pd.DataFrame) -> None:
+        self._feedback.append((model, labels))
+        self._wake.set()
+
+    def flush(self) -> None:
+        """Write what is buffered now (the background thread calls this; tests and shutdown may too)."""
+        samples = [self._pending.popleft() for _ in range(len(self._pending))]
+        groups: dict[tuple[str, int], list[Sample]] = {}
+        for s in samples:
+            groups.setdefault((s.model, s.version), []).append(s)
+        for (model, version), group in groups.items():
+            try:
+                self._write(self.root / f"model={model}" / f"version={version}", frames(group))
+                self.written += len(group)
+                self._on_write(len(group))
+            except Exception:  # noqa: BLE001 - capture must never take the replica down
+                log.exception("capture store: could not write %d sampled requests of %s v%d", len(group), model,
+                              version)
+                self.dropped += len(group)
+                self._on_drop(len(group))
+        for _ in range(len(self._feedback)):
+            model, labels = self._feedback.popleft()
+            try:
+                self._write(self.root / "feedback" / f"model={model}", labels)
+            except Exception:  # noqa: BLE001
+                log.exception("capture store: could not write %d feedback labels of %s", len(labels), model)
+
+    def _write(self, base: Path, frame: pd.DataFrame) -> None:
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        path = base / f"date={day}"
+        path.mkdir(parents=True, exist_ok=True)
+        self._seq += 1
+        tmp = path / f".part-{self.tag}-{self._seq:08d}.tmp"
+        frame.to_parquet(tmp, index=False)
+        tmp.rename(path / f"part-{int(time.time() * 1000)}-{self.tag}-{self._seq:08d}.parquet")
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            self.flush()
+
+
+def read_captured(root: Path, model: str, version: int | None = None) -> pd.DataFrame:
+    """Every captured row of ``model`` (one version, or all) from a capture store, oldest first."""
+    base = root / f"model={model}"
+    files = sorted((base / f"version={version}" if version is not None else base).glob("**/part-*.parquet"))
+    if not files:
+        return pd.DataFrame(columns=list(META))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True).sort_values("ts", kind="stable")
+
+
+def read_feedback(root: Path, model: str) -> pd.DataFrame:
+    """Every feedback label of ``model``: ``request_id``, ``row``, ``label`` (the latest label per row wins)."""
+    files = sorted((root / "feedback" / f"model={model}").glob("**/part-*.parquet"))
+    if not files:
+        return pd.DataFrame(columns=["request_id", "row", "label"])
+    out = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return out.drop_duplicates(["request_id", "row"], keep="last").reset_index(drop=True)
+
+
+class Capture:
+    """A bounded, sampled window of one model version's served rows for drift checks, feeding the capture store.
+
+    :meth:`add` is on the request path (see the module docstring). :meth:`frame` builds the DataFrame when a drift
+    check asks for it.
+    """
+
+    def __init__(self, model: str, version: int, window: int, sample_rate: float, *,
+                 store: CaptureStore | None = None, seed: int | None = None):
+        self.model = model
+        self.version = version
+        self.window = window
+        self.sample_rate = sample_rate
+        self.store = store
+        self._chunks: deque[Sample] = deque()
+        self._rows = 0
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self.captured = 0
+
+    def add(self, cols: Columns, predicted: list[Any], *, request_id: str = "", latency_s: float = 0.0) -> None:
+        if self.sample_rate <= 0 or (self.sample_rate < 1 and self._rng.random() >= self.sample_rate):
+            return
+        sample = Sample(self.model, self.version, request_id or new_request_id(), time.time(),
+                        round(latency_s * 1000, 3), cols, predicted)
+        n = len(predicted)
+        with self._lock:
+            self._chunks.append(sample)
+            self._rows += n
+            self.captured += n
+            while self._chunks and self._rows - len(self._chunks[0].predicted) >= self.window:
+                self._rows -= len(self._chunks.popleft().predicted)
+        if self.store is not None:
+            self.store.offer(sample)
+
+    def frame(self, since_s: float | None = None) -> pd.DataFrame:
+        """The captured rows (at most ``window``, newest last; only the last ``since_s`` seconds when given) with
+        the :data:`META` columns."""
+        with self._lock:
+            chunks = list(self._chunks)
+        if since_s is not None:
+            cutoff = time.time() - since_s
+            chunks = [c for c in chunks if c.ts >= cutoff]
+        return frames(chunks).tail(self.window).reset_index(drop=True)

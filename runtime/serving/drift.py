@@ -1,0 +1,296 @@
+"""Drift checks of a serving replica over windows of captured traffic: data drift per input column and overall,
+prediction drift, data quality against the declared schema and, once labels arrive through ``/feedback``,
+performance. Every statistic comes from the drift-monitor plugin (Evidently by default); this module picks the
+windows, samples large ones, keeps the history, sets the Prometheus gauges, runs the schedule and calls
+``loom_drift_detected``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from prometheus_client import Counter, Gauge
+
+from ..errors import LoomError, PluginError
+from ..model import CATEGORICAL_TYPES
+from ..monitoring import QualityMonitor
+from .capture import CaptureStore
+from .protocol import RequestError
+
+if TYPE_CHECKING:
+    from .server import LoadedVersion, ModelServer
+
+log = logging.getLogger("loom.serving")
+
+#: Feedback labels kept in memory per model, for performance on the live window.
+FEEDBACK_KEPT = 100_000
+
+
+class DriftMetrics:
+    """Prometheus families of capture and drift, in the replica's registry (served at ``/metrics``)."""
+
+    def __init__(self, registry: Any, replica: str):
+        self.replica = replica
+        self.dropped = Counter("loom_capture_dropped", "Sampled requests dropped instead of stored (overload or a "
+                               "failed write)", ["replica"], registry=registry).labels(replica)
+        self.stored = Counter("loom_capture_stored", "Sampled requests written to the capture store", ["replica"],
+                              registry=registry).labels(replica)
+        labels = ["replica", "model", "version"]
+        self.score = Gauge("loom_drift_score", "Drift statistic of an input column in the last check (p-value or "
+                           "distance, see the JSON report's method)", [*labels, "feature"], registry=registry)
+        self.feature = Gauge("loom_drift_feature_drifted", "1 when the column drifted in the last check",
+                             [*labels, "feature"], registry=registry)
+        self.share = Gauge("loom_drift_share", "Share of input columns drifted in the last check", labels,
+                           registry=registry)
+        self.dataset = Gauge("loom_drift_detected", "1 when the last check found dataset drift", labels,
+                             registry=registry)
+        self.prediction = Gauge("loom_prediction_drift_detected", "1 when the last check found prediction drift",
+                                labels, registry=registry)
+        self.accuracy = Gauge("loom_window_accuracy", "Accuracy on the labelled rows of the last checked window",
+                              labels, registry=registry)
+        self.checks = Counter("loom_drift_checks", "Drift checks run", [*labels, "trigger"], registry=registry)
+
+    def record(self, model: str, version: int, out: Mapping[str, Any]) -> None:
+        key = (self.replica, model, str(version))
+        for column, f in out["features"].items():
+            self.score.labels(*key, column).set(f["score"])
+            self.feature.labels(*key, column).set(float(f["drifted"]))
+        self.share.labels(*key).set(out["share_drifted"])
+        self.dataset.labels(*key).set(float(out["drifted"]))
+        if isinstance(out.get("prediction_drift"), dict) and "drifted" in out["prediction_drift"]:
+            self.prediction.labels(*key).set(float(out["prediction_drift"]["drifted"]))
+        if isinstance(out.get("performance"), dict) and "accuracy" in out["performance"]:
+            self.accuracy.labels(*key).set(out["performance"]["accuracy"])
+        self.checks.labels(*key, out["trigger"]).inc()
+
+
+class DriftChecks:
+    """The replica's capture store, feedback labels, drift checks, their history and the check schedule."""
+
+    def __init__(self, server: ModelServer):
+        self.server = server
+        self.cfg = server.project.config.monitoring
+        self.metrics = DriftMetrics(server.metrics.registry, server.metrics.replica)
+        self.store: CaptureStore | None = None
+        if self.cfg.store == "parquet":
+            self.store = CaptureStore(self.store_root, max_pending=self.cfg.max_pending,
+                                      flush_s=self.cfg.flush_interval_s, replica=server.metrics.replica,
+                                      on_drop=self.metrics.dropped.inc, on_write=self.metrics.stored.inc)
+        self._monitor: Any = None
+        self._history: dict[str, deque[dict[str, Any]]] = {}
+        self._feedback: dict[str, OrderedDict[tuple[str, int], Any]] = {}
+        self._checked: dict[tuple[str, int], int] = {}
+        self._ref_predictions: dict[tuple[str, int], list[Any]] = {}
+        self._lock = threading.Lock()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def store_root(self):
+        return capture_root(self.server.project)
+
+    @property
+    def monitor(self) -> Any:
+        if self.cfg.monitor is None:
+            raise RequestError(404, "monitoring is turned off for this project (monitoring.monitor is null)")
+        if self._monitor is None:
+            try:
+                self._monitor = self.server.plugins.drift_monitor(self.cfg.monitor, options=self.cfg.options)
+            except LoomError as err:
+                raise RequestError(409, str(err)) from None
+        return self._monitor
+
+    # -- feedback --------------------------------------------------------------------------------------------
+
+    def feedback(self, model: str, payload: Any) -> dict[str, Any]:
+        """Attach ground-truth labels to served request ids: ``{"labels": [{"id": ..., "label": ...}, ...]}``;
+        ``label`` is one value for a one-row request or a list with one value per row."""
+        lv = self.server.resolve(model, str(self.server.routes(model).primary))
+        items = payload.get("labels") if isinstance(payload, dict) else None
+        if not isinstance(items, list) or not items:
+            raise RequestError(400, 'send {"labels": [{"id": "<request id>", "label": <class>}, ...]}')
+        classes = {str(c): c for c in lv.classes}
+        rows: list[tuple[str, int, Any]] = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"] or "label" not in item:
+                raise RequestError(400, f"labels[{i}]: needs a non-empty string 'id' and a 'label'")
+            values = item["label"] if isinstance(item["label"], list) else [item["label"]]
+            for row, value in enumerate(values):
+                if str(value) not in classes or isinstance(value, (dict, list)):
+                    raise RequestError(422, f"labels[{i}]: {value!r} is not a class of model {model!r} "
+                                            f"(classes: {', '.join(classes)})")
+                rows.append((item["id"], row, classes[str(value)]))
+        kept = self._feedback.setdefault(model, OrderedDict())
+        with self._lock:
+            for rid, row, value in rows:
+                kept[(rid, row)] = value
+            while len(kept) > FEEDBACK_KEPT:
+                kept.popitem(last=False)
+        if self.store is not None:
+            frame = pd.DataFrame(rows, columns=["request_id", "row", "label"])
+            frame["label"] = frame["label"].astype(str)
+            self.store.add_feedback(model, frame)
+        return {"model": model, "accepted": len(rows)}
+
+    # -- checks ----------------------------------------------------------------------------------------------
+
+    def check(self, name: str, version: str | None = None, *, trigger: str = "on demand") -> dict[str, Any]:
+        """Check the captured window of a version (the primary by default) against its training reference."""
+        lv, reference, current = self._window(name, version)
+        monitor = self.monitor
+        schema = lv.schema
+        numerical = [c for c, s in schema.items() if s["type"] not in CATEGORICAL_TYPES]
+        categorical = [c for c, s in schema.items() if s["type"] in CATEGORICAL_TYPES]
+        started = time.perf_counter()
+        sampled = current if len(current) <= self.cfg.check_rows else current.sample(self.cfg.check_rows,
+                                                                                      random_state=0)
+        try:
+            report = monitor.check(reference[list(schema)], sampled[list(schema)], numerical=numerical,
+                                   categorical=categorical)
+        except LoomError as err:
+            raise RequestError(409, str(err)) from None
+        out = report.to_dict()
+        out.update(model=name, version=lv.version, trigger=trigger, id=uuid.uuid4().hex[:12],
+                   at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), window_rows=len(current))
+        out["prediction_drift"] = self._prediction_drift(lv, reference, sampled)
+        if isinstance(monitor, QualityMonitor):
+            out["data_quality"] = _guard(lambda: monitor.data_quality(current, schema=schema))
+            labelled = self._labelled(name, current)
+            out["performance"] = (_guard(lambda: monitor.performance(labelled, target="label", prediction="prediction",
+                                                                     classes=lv.classes))
+                                  if len(labelled) else {"rows": 0})
+        out["retrain_requested"] = False
+        if report.drifted:
+            try:
+                asked = self.server.plugins.call("loom_drift_detected", project=self.server.project, model=name,
+                                                 version=lv.version, report=report)
+                out["retrain_requested"] = any(a is True for a in asked)
+            except PluginError as err:
+                log.error("%s", err)
+                out["hook_error"] = str(err)
+        out["seconds"] = round(time.perf_counter() - started, 4)
+        self._checked[(name, lv.version)] = lv.capture.captured
+        self._remember(name, out)
+        self.metrics.record(name, lv.version, out)
+        return out
+
+    def html(self, name: str, version: str | None = None) -> str:
+        """The monitor's HTML report of the same comparison as :meth:`check`."""
+        lv, reference, current = self._window(name, version)
+        schema = lv.schema
+        numerical = [c for c, s in schema.items() if s["type"] not in CATEGORICAL_TYPES]
+        categorical = [c for c, s in schema.items() if s["type"] in CATEGORICAL_TYPES]
+        if len(current) > self.cfg.check_rows:
+            current = current.sample(self.cfg.check_rows, random_state=0)
+        try:
+            return self.monitor.html_report(reference[list(schema)], current[list(schema)], numerical=numerical,
+                                            categorical=categorical)
+        except LoomError as err:
+            raise RequestError(409, str(err)) from None
+
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Summaries of past checks of ``name`` in this replica, oldest first."""
+        self.server.routes(name)
+        kept = list(self._history.get(name, ()))
+        return kept[-limit:] if limit else kept
+
+    def _window(self, name: str, version: str | None) -> tuple[LoadedVersion, pd.DataFrame, pd.DataFrame]:
+        routes = self.server.routes(name)
+        lv = self.server.resolve(name, version if version is not None else str(routes.primary))
+        if self.cfg.monitor is None:
+            raise RequestError(404, "monitoring is turned off for this project (monitoring.monitor is null)")
+        if lv.reference is None:
+            raise RequestError(409, f"model {name!r} version {lv.version} has no reference profile")
+        current = lv.capture.frame(self.cfg.window_s)
+        if current.empty:
+            raise RequestError(409, f"no served rows captured yet for model {name!r} version {lv.version}")
+        return lv, lv.reference, current
+
+    def _prediction_drift(self, lv: LoadedVersion, reference: pd.DataFrame,
+                          current: pd.DataFrame) -> dict[str, Any]:
+        """Drift of the predicted class between the model's predictions on its reference rows and on served rows."""
+        key = (lv.name, lv.version)
+        if key not in self._ref_predictions:
+            cols = {c: (reference[c].to_numpy(np.float64) if s["type"] not in CATEGORICAL_TYPES
+                        else reference[c].astype(object).where(reference[c].notna(), None).tolist())
+                    for c, s in lv.schema.items()}
+            proba = lv.forward(lv.encode(cols))
+            self._ref_predictions[key] = [lv.classes[i] for i in proba.argmax(axis=1).tolist()]
+        ref = pd.DataFrame({"prediction": pd.Series(self._ref_predictions[key]).astype(str)})
+        cur = pd.DataFrame({"prediction": current["prediction"].astype(str).to_numpy()})
+        result = _guard(lambda: self.monitor.check(ref, cur, numerical=[], categorical=["prediction"]))
+        if isinstance(result, dict):
+            return result
+        feature = result.features[0] if result.features else None
+        return {"drifted": bool(feature.drifted if feature else result.drifted),
+                "score": feature.score if feature else None, "method": feature.method if feature else None}
+
+    def _labelled(self, name: str, current: pd.DataFrame) -> pd.DataFrame:
+        kept = self._feedback.get(name)
+        if not kept:
+            return current.iloc[0:0].assign(label=[])
+        with self._lock:
+            labels = [kept.get((rid, row)) for rid, row in zip(current["request_id"], current["row"])]
+        out = current.assign(label=labels)
+        return out[out["label"].notna()].reset_index(drop=True)
+
+    def _remember(self, name: str, out: dict[str, Any]) -> None:
+        summary = {k: out[k] for k in ("id", "at", "trigger", "model", "version", "drifted", "share_drifted",
+                                       "n_current", "window_rows", "retrain_requested", "seconds")}
+        summary["drifted_features"] = [c for c, f in out["features"].items() if f["drifted"]]
+        summary["prediction_drift"] = out["prediction_drift"].get("drifted")
+        if "performance" in out:
+            summary["accuracy"] = out["performance"].get("accuracy")
+        self._history.setdefault(name, deque(maxlen=self.cfg.history)).append(summary)
+        path = self.store_root / "drift" / f"model={name}"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with open(path / "history.jsonl", "a") as f:
+                f.write(json.dumps({**summary, "report": out}, default=str) + "\n")
+        except OSError as err:
+            log.warning("could not append drift history under %s: %s", path, err)
+
+    # -- the schedule ----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the scheduled checks on the running event loop (once; no-op when ``interval_s`` is null)."""
+        if self._task is None and self.cfg.interval_s is not None and self.cfg.monitor is not None:
+            self._task = asyncio.get_running_loop().create_task(self._schedule(self.cfg.interval_s))
+
+    async def _schedule(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            for name, routes in self.server.table.models.items():
+                lv = self.server.resolve(name, str(routes.primary))
+                if lv.capture.captured - self._checked.get((name, lv.version), 0) < self.cfg.min_rows:
+                    continue
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, lambda: self.check(name, trigger="schedule"))
+                except RequestError as err:
+                    log.info("scheduled drift check of %s skipped: %s", name, err.message)
+                except Exception:  # noqa: BLE001 - a failed check must not stop the schedule
+                    log.exception("scheduled drift check of %s failed", name)
+
+
+def capture_root(project: Any):
+    """Where a project's capture store lives: ``monitoring.store_path``, else ``<state_dir>/capture``."""
+    path = project.config.monitoring.store_path
+    return project.path(path) if path else project.state_dir / "capture"
+
+
+def _guard(fn: Any) -> Any:
+    """Run an optional part of a check; a failure is reported in the result rather than failing the whole check."""
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001 - a plugin's failure, named in the result
+        log.warning("drift check part failed: %s: %s", type(err).__name__, err)
+        return {"error": f"{type(err).__name__}: {err}"}

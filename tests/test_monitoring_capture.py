@@ -1,0 +1,133 @@
+"""Capture, feedback and drift checks of a model server over real HTTP (uvicorn), without Ray: request ids, the
+Parquet capture store, drops under overload, ``/feedback``, the drift JSON with prediction drift, data quality and
+performance, the HTML report, history and the Prometheus gauges."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from serving_models import data, oip_inputs, records, register_version
+from test_serving_protocols import ThreadedServer, _free_port
+
+from conftest import make_project
+from runtime import hookimpl
+from runtime.serving.app import LoomApp
+from runtime.serving.capture import Capture, CaptureStore, read_captured, read_feedback
+from runtime.serving.drift import capture_root
+from runtime.serving.routing import RoutingTable
+from runtime.serving.server import ModelServer
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = make_project(tmp_path_factory.mktemp("monitoring") / "qs", port=_free_port(),
+                        monitoring={"window": 400, "flush_interval_s": 0.2, "interval_s": None})
+    register_version(root, seed=1)
+    server = ModelServer.from_project(str(root))
+    server.apply(RoutingTable().deploy("churn", 1))
+    with ThreadedServer(LoomApp(server)) as base, httpx.Client(base_url=base, timeout=60) as client:
+        yield root, server, client
+
+
+def test_request_ids_are_echoed_and_generated(served):
+    _, _, client = served
+    rows = records(data(served[0]).head(2))
+    r = client.post("/predict/churn", json=rows, headers={"X-Request-ID": "abc-1"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "abc-1"
+    generated = client.post("/predict/churn", json=rows).headers["x-request-id"]
+    assert len(generated) == 32 and generated != "abc-1"
+    r = client.post("/v2/models/churn/infer", json={"id": "oip-7", "inputs": oip_inputs(data(served[0]).head(1))})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "oip-7" and r.json()["id"] == "oip-7"
+
+
+def test_capture_store_partitions_by_model_version_date(served):
+    root, server, client = served
+    rows = data(root).iloc[:50]
+    rid = uuid.uuid4().hex
+    assert client.post("/predict/churn", json=records(rows), headers={"X-Request-ID": rid}).status_code == 200
+    store = capture_root(server.project)
+    deadline = time.monotonic() + 10
+    while rid not in set(read_captured(store, "churn", 1)["request_id"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    captured = read_captured(store, "churn", 1)
+    mine = captured[captured["request_id"] == rid]
+    assert list(mine["row"]) == list(range(50)) and (mine["version"] == 1).all()
+    assert mine["latency_ms"].iloc[0] > 0 and set(mine["monthly_charges"]) == set(rows["monthly_charges"])
+    assert {p.name.split("=")[0] for p in (store / "model=churn" / "version=1").iterdir()} == {"date"}
+
+
+def test_capture_drops_and_counts_when_the_store_is_full(tmp_path: Path):
+    store = CaptureStore(tmp_path, max_pending=3, flush_s=3600)
+    capture = Capture("m", 1, window=100, sample_rate=1.0, store=store)
+    for _ in range(5):
+        capture.add({"x": [1.0]}, ["a"])
+    assert (store.dropped, len(capture.frame())) == (2, 5)
+    store.flush()
+    assert len(read_captured(tmp_path, "m")) == 3
+
+
+def test_feedback_validates_and_feeds_performance(served):
+    root, server, client = served
+    df = data(root).iloc[100:400]
+    ids = []
+    for start in range(0, 300, 30):
+        r = client.post("/predict/churn", json=records(df.iloc[start:start + 30]))
+        ids.append(r.headers["x-request-id"])
+    labels = [{"id": rid, "label": df["churned"].iloc[i * 30:(i + 1) * 30].tolist()} for i, rid in enumerate(ids)]
+    assert client.post("/feedback/churn", json={"labels": labels}).json() == {"model": "churn", "accepted": 300}
+    assert client.post("/feedback/churn", json={"labels": [{"id": ids[0], "label": "maybe"}]}).status_code == 422
+    assert client.post("/feedback/churn", json={"nope": 1}).status_code == 400
+    assert client.post("/feedback/churn", content=b"{", headers={"content-type": "application/json"}).status_code == 400
+    assert client.post("/feedback/nothere", json={"labels": labels}).status_code == 404
+    report = client.get("/monitoring/churn/drift").json()
+    assert report["performance"]["rows"] >= 300 and 0.5 < report["performance"]["accuracy"] <= 1
+    assert report["prediction_drift"]["method"] and report["data_quality"]["contract"]["new_categories"] == 0
+    deadline = time.monotonic() + 10
+    while len(read_feedback(capture_root(server.project), "churn")) < 300 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(read_feedback(capture_root(server.project), "churn")) == 300
+
+
+def test_drift_quality_history_report_and_gauges(served):
+    root, _, client = served
+    shifted = data(root).iloc[:800].assign(monthly_charges=lambda f: (f["monthly_charges"] * 1.5 + 40).clip(0, 500),
+                                           support_calls=lambda f: (f["support_calls"] + 6).clip(0, 50),
+                                           tenure_months=lambda f: f["tenure_months"] // 4, contract="month-to-month",
+                                           internet_service="fiber", payment_method="electronic-check")
+    for start in range(0, 800, 100):
+        assert client.post("/predict/churn", json=records(shifted.iloc[start:start + 100])).status_code == 200
+    report = client.get("/monitoring/churn/drift").json()
+    assert report["drifted"] and report["features"]["monthly_charges"]["drifted"], report["features"]
+    assert report["n_current"] == 400 and report["prediction_drift"]["drifted"]
+    assert report["data_quality"]["total_charges"]["missing"] >= 0
+    assert report["data_quality"]["monthly_charges"]["out_of_range"] == 0  # requests are validated on the way in
+    history = client.get("/monitoring/churn/history").json()
+    assert history[-1]["id"] == report["id"] and "monthly_charges" in history[-1]["drifted_features"]
+    html = client.get("/monitoring/churn/report")
+    assert html.status_code == 200 and "<html" in html.text.lower()
+    metrics = client.get("/metrics").text
+    assert 'loom_drift_score{' in metrics and 'feature="monthly_charges"' in metrics
+    assert "loom_capture_dropped_total" in metrics and "loom_drift_detected{" in metrics
+    assert client.get("/monitoring/nothere/history").status_code == 404
+
+
+def test_a_failing_drift_hook_is_named_not_a_500(served):
+    root, server, client = served
+
+    class Failing:
+        @hookimpl
+        def loom_drift_detected(self, project, model, version, report):
+            raise RuntimeError("pager is down")
+
+    failing = Failing()
+    server.plugins.pm.register(failing, name="FailingPager")
+    try:
+        r = client.get("/monitoring/churn/drift")
+        assert r.status_code == 200, r.text
+        assert "FailingPager" in r.json()["hook_error"] and "pager is down" in r.json()["hook_error"]
+    finally:
+        server.plugins.pm.unregister(failing)
