@@ -1,11 +1,14 @@
 """Dynamic batching: concurrent requests for one model version share a forward pass.
 
 The batcher never waits for a batch to fill unless asked to (``wait_s``): a request that finds the model idle runs
-at once, and requests that arrive while a forward pass runs are concatenated into the next one, up to
-``max_rows``. Latency at low load stays that of a single request; throughput under load is that of batches.
+in the next turn of the event loop, together with the requests parsed in the same turn; requests that arrive while
+a forward pass runs go into the next one, up to ``max_rows``. Latency at low load stays that of a single request;
+throughput under load is that of batches.
 
-A forward pass runs on the event loop when it is cheaper than a hand-off to a thread (small models), otherwise on
-a dedicated thread so that request parsing overlaps the matrix work (torch releases the GIL while it computes).
+The forward pass runs on the event loop. A worker thread would let parsing overlap the matrix work, but torch
+takes the GIL back between operators, and with the event loop holding it the forward thread waits up to Python's
+switch interval (5 ms) per operator: measured, a 1 ms forward pass became 20-100 ms. Requests that arrive during a
+forward pass wait in the socket buffers and join the next batch.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
 
 import numpy as np
 
@@ -23,12 +25,11 @@ Forward = Callable[[np.ndarray], np.ndarray]
 class MicroBatcher:
     """Queue of pending ``(rows, future)`` for one forward function; one batch in flight at a time."""
 
-    def __init__(self, forward: Forward, *, max_rows: int, wait_s: float = 0.0, executor: Executor | None = None,
+    def __init__(self, forward: Forward, *, max_rows: int, wait_s: float = 0.0,
                  on_batch: Callable[[int], None] | None = None):
         self.forward = forward
         self.max_rows = max_rows
         self.wait_s = wait_s
-        self.executor = executor
         self.on_batch = on_batch
         self._pending: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
         self._pending_rows = 0
@@ -56,7 +57,6 @@ class MicroBatcher:
         return batch
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while self._pending:
                 if self.wait_s and self._pending_rows < self.max_rows:
@@ -65,10 +65,7 @@ class MicroBatcher:
                 xs = [x for x, _ in batch]
                 x = xs[0] if len(xs) == 1 else np.concatenate(xs)
                 try:
-                    if self.executor is None:
-                        y = self.forward(x)
-                    else:
-                        y = await loop.run_in_executor(self.executor, self.forward, x)
+                    y = self.forward(x)
                 except Exception as err:  # noqa: BLE001 - handed to every caller of this batch
                     for _, fut in batch:
                         if not fut.done():
@@ -82,7 +79,6 @@ class MicroBatcher:
                     if not fut.done():
                         fut.set_result(y[start:end])
                     start = end
-                if self.executor is None:
-                    await asyncio.sleep(0)  # let requests that arrived meanwhile join the next batch
+                await asyncio.sleep(0)  # let requests that arrived meanwhile join the next batch
         finally:
             self._running = False

@@ -2,7 +2,7 @@
 
 It computes exactly what :meth:`runtime.model.Preprocessor.transform` computes (median imputation, standardisation,
 one-hot over the training categories, unknown categories as zeros) but straight from typed numpy columns, without
-pandas: for a one-row request that is tens of microseconds instead of milliseconds.
+pandas: for a one-row request that is microseconds instead of milliseconds.
 """
 
 from __future__ import annotations
@@ -30,19 +30,17 @@ class FeatureEncoder:
         out = np.zeros((n, self.width), dtype=np.float32)
         k = len(self.numeric)
         if k:
-            x = np.empty((n, k), dtype=np.float64)
-            for j, c in enumerate(self.numeric):
-                x[:, j] = cols[c]
+            x = np.array([cols[c] for c in self.numeric], dtype=np.float64).T  # None -> NaN
             missing = np.isnan(x)
             if missing.any():
                 x = np.where(missing, self.medians, x)
             with np.errstate(over="ignore"):  # a value beyond float32 becomes inf; the output check names it
                 out[:, :k] = (x - self.means) / self.stds
         j = k
-        rows = np.arange(n)
         for c, index, width in self.categorical:
-            pos = np.fromiter((index.get(v, -1) for v in cols[c]), dtype=np.int64, count=n)
-            hit = pos >= 0
-            out[rows[hit], j + pos[hit]] = 1.0
+            for row, v in enumerate(cols[c]):
+                pos = index.get(v)
+                if pos is not None:
+                    out[row, j + pos] = 1.0
             j += width
         return out

@@ -39,6 +39,8 @@ for arg in "$@"; do
   fi
   prev="$arg"
 done
+# Stop with the Serve actor that started it, instead of holding the port after a crash.
+if command -v setpriv >/dev/null 2>&1; then exec setpriv --pdeathsig TERM {binary} "$@"; fi
 exec {binary} "$@"
 """
 

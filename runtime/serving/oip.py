@@ -11,7 +11,6 @@ back the same way when the request asks (``outputs[].parameters.binary_data`` or
 from __future__ import annotations
 
 import json
-import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,17 +56,24 @@ class InferRequest:
     """Outputs to return as binary data."""
 
 
-def _flatten(data: Any, name: str) -> list[Any]:
-    if not isinstance(data, list):
-        raise RequestError(400, f"input {name!r}: 'data' must be a list")
-    if data and isinstance(data[0], list):
-        flat: list[Any] = []
-        for row in data:
-            if not isinstance(row, list):
-                raise RequestError(400, f"input {name!r}: 'data' mixes nested lists and values")
-            flat.extend(row)
-        return flat
-    return data
+def _flatten(data: list[Any], name: str) -> list[Any]:
+    flat: list[Any] = []
+    for row in data:
+        if type(row) is not list:
+            raise RequestError(400, f"input {name!r}: 'data' mixes nested lists and values")
+        flat.extend(row)
+    return flat
+
+
+def _count(shape: Any, name: str) -> int:
+    """The number of values a tabular input's shape holds: ``[N]`` or ``[N, 1]``."""
+    if type(shape) is list and 1 <= len(shape) <= 2:
+        n = shape[0]
+        if type(n) is int and n >= 0 and (len(shape) == 1 or shape[1] == 1 and type(shape[1]) is int):
+            return n
+    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
+        raise RequestError(400, f"input {name!r}: 'shape' must be a list of non-negative integers")
+    raise RequestError(400, f"input {name!r}: shape {shape} not supported; use [N] or [N, 1]")
 
 
 def _decode_bytes(raw: memoryview, name: str, count: int) -> list[str]:
@@ -133,46 +139,49 @@ def decode_infer(body: bytes, header_length: str | None, schema: Schema) -> Infe
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise RequestError(400, "'inputs' must be a non-empty list of tensors")
-    cols: dict[str, Sequence[Any] | np.ndarray] = {}
+    cols: dict[str, Sequence[Any]] = {}
     offset = 0
     for t in inputs:
-        if not isinstance(t, dict):
+        if type(t) is not dict:
             raise RequestError(400, "each input must be an object with name, shape, datatype and data")
-        name, shape, dtype = t.get("name"), t.get("shape"), t.get("datatype")
-        if not isinstance(name, str):
-            raise RequestError(400, "an input is missing its 'name'")
-        spec = schema.get(name)
+        name = t.get("name")
+        spec = schema.get(name) if type(name) is str else None
         if spec is None:
+            if type(name) is not str:
+                raise RequestError(400, "an input is missing its 'name'")
             raise RequestError(400, f"unknown input {name!r} (expected: {', '.join(schema)})")
         if name in cols:
             raise RequestError(400, f"input {name!r} given twice")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise RequestError(400, f"input {name!r}: 'shape' must be a list of non-negative integers")
-        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-            raise RequestError(400, f"input {name!r}: shape {shape} not supported; use [N] or [N, 1]")
+        count = _count(t.get("shape"), name)
+        dtype = t.get("datatype")
         if dtype not in ACCEPTED[spec["type"]]:
             raise RequestError(400, f"input {name!r}: datatype {dtype!r} not accepted; "
                                     f"use {OIP_DATATYPES[spec['type']]}")
-        count = math.prod(shape)
-        params = t.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise RequestError(400, f"input {name!r}: 'parameters' must be an object")
-        size = params.get("binary_data_size")
+        params = t.get("parameters")
+        size = None
+        if params is not None:
+            if type(params) is not dict:
+                raise RequestError(400, f"input {name!r}: 'parameters' must be an object")
+            size = params.get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise RequestError(400, f"input {name!r}: binary_data_size {size!r} does not fit the "
                                         f"{len(binary) - offset} binary bytes left")
             raw = binary[offset:offset + size]
             offset += size
-            values: Sequence[Any] | np.ndarray = (_decode_bytes(raw, name, count) if dtype == "BYTES"
-                                                  else _decode_fixed(raw, name, dtype, count))
-        else:
+            cols[name] = (_decode_bytes(raw, name, count) if dtype == "BYTES"
+                          else _decode_fixed(raw, name, dtype, count))
+            continue
+        data = t.get("data")
+        if type(data) is not list:
             if "data" not in t:
                 raise RequestError(400, f"input {name!r} has neither 'data' nor parameters.binary_data_size")
-            values = _flatten(t["data"], name)
-            if len(values) != count:
-                raise RequestError(400, f"input {name!r}: shape {shape} needs {count} values, got {len(values)}")
-        cols[name] = values
+            raise RequestError(400, f"input {name!r}: 'data' must be a list")
+        if data and type(data[0]) is list:
+            data = _flatten(data, name)
+        if len(data) != count:
+            raise RequestError(400, f"input {name!r}: shape {t['shape']} needs {count} values, got {len(data)}")
+        cols[name] = data
     if offset != len(binary):
         raise RequestError(400, f"{len(binary) - offset} binary bytes after the last binary input")
     rid = req.get("id")

@@ -1,25 +1,23 @@
 """What every served protocol shares: client errors, and checking decoded columns against a model's input schema.
 
-Each protocol module (:mod:`.oip`, :mod:`.scoring`, :mod:`.records`) turns a request body into ``{column: values}``
-and calls :func:`check_columns`, which returns typed numpy columns or raises :class:`RequestError` naming the
-column, the row and the problem. Nothing here touches the model or the web framework.
+Each protocol module (:mod:`.oip`, :mod:`.scoring`) turns a request body into ``{column: values}`` and calls
+:func:`check_columns`, which checks every value in place or raises :class:`RequestError` naming the column, the
+row and the problem. Nothing here touches the model or the web framework.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-#: Validated request columns: ``int`` -> int64 (float64 with NaN when nulls are present), ``float`` -> float64,
-#: ``bool`` -> bool (float64 with NaN when nulls are present), other types -> object arrays of ``str`` or None.
-Columns = dict[str, np.ndarray]
+#: Validated request columns: JSON-decoded values stay lists (checked in place, no copies), binary tensors stay
+#: numpy arrays. Nulls are None in lists; the encoder turns them into its own missing-value handling.
+Columns = dict[str, Sequence[Any]]
 Schema = Mapping[str, Mapping[str, Any]]
 
-NUMERIC = ("int", "float", "bool")
-_INF = (math.inf, -math.inf)
+_I64 = 2 ** 63
 
 
 class RequestError(Exception):
@@ -37,60 +35,51 @@ def _null(col: str, spec: Mapping[str, Any], i: int) -> None:
         raise RequestError(400, f"input {col!r}: null at row {i}, but the column is not nullable")
 
 
-def _check_numbers(col: str, spec: Mapping[str, Any], values: Sequence[Any]) -> np.ndarray:
+def _check_numbers(col: str, spec: Mapping[str, Any], values: list[Any]) -> list[Any]:
     is_int = spec["type"] == "int"
-    nulls = False
     for i, v in enumerate(values):
         t = type(v)
         if t is int:
-            continue
+            if -_I64 <= v < _I64:
+                continue
+            raise RequestError(400, f"input {col!r}: integer {v} at row {i} is out of the int64 range")
         if t is float:
-            if v != v or v in _INF:
+            if v - v != 0.0:  # NaN or infinite
                 raise RequestError(400, f"input {col!r}: non-finite value {v!r} at row {i}")
             if is_int and not v.is_integer():
                 raise RequestError(400, f"input {col!r}: expected an integer at row {i}, got {v!r}")
             continue
         if v is None:
             _null(col, spec, i)
-            nulls = True
             continue
         raise RequestError(400, f"input {col!r}: expected {'an integer' if is_int else 'a number'} at row {i}, "
                                 f"got {v!r}")
-    if is_int and not nulls:
-        try:
-            return np.array(values, dtype=np.int64)
-        except OverflowError:
-            raise RequestError(400, f"input {col!r}: integer out of the int64 range") from None
-    return np.array(values, dtype=np.float64)
+    return values
 
 
-def _check_bools(col: str, spec: Mapping[str, Any], values: Sequence[Any]) -> np.ndarray:
-    nulls = False
+def _check_bools(col: str, spec: Mapping[str, Any], values: list[Any]) -> list[Any]:
     for i, v in enumerate(values):
-        if v is None:
-            _null(col, spec, i)
-            nulls = True
-        elif type(v) is not bool:
-            raise RequestError(400, f"input {col!r}: expected true/false at row {i}, got {v!r}")
-    if nulls:
-        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
-    return np.array(values, dtype=bool)
+        if type(v) is not bool:
+            if v is None:
+                _null(col, spec, i)
+            else:
+                raise RequestError(400, f"input {col!r}: expected true/false at row {i}, got {v!r}")
+    return values
 
 
-def _check_strings(col: str, spec: Mapping[str, Any], values: Sequence[Any]) -> np.ndarray:
+def _check_strings(col: str, spec: Mapping[str, Any], values: list[Any]) -> list[Any]:
     allowed = spec.get("categories")
-    allowed_set = set(allowed) if allowed else None
+    allowed_set = frozenset(allowed) if allowed else None
     for i, v in enumerate(values):
-        if v is None:
-            _null(col, spec, i)
-        elif type(v) is not str:
+        if type(v) is not str:
+            if v is None:
+                _null(col, spec, i)
+                continue
             raise RequestError(400, f"input {col!r}: expected a string at row {i}, got {v!r}")
-        elif allowed_set is not None and v not in allowed_set:
+        if allowed_set is not None and v not in allowed_set:
             raise RequestError(400, f"input {col!r}: unknown category {v!r} at row {i} "
                                     f"(allowed: {', '.join(allowed)})")
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
+    return values
 
 
 def _check_array(col: str, spec: Mapping[str, Any], arr: np.ndarray) -> np.ndarray:
@@ -115,11 +104,12 @@ def _check_array(col: str, spec: Mapping[str, Any], arr: np.ndarray) -> np.ndarr
     return arr.astype(np.int64 if t == "int" else np.float64, copy=False)
 
 
-def check_column(col: str, spec: Mapping[str, Any], values: Sequence[Any] | np.ndarray) -> np.ndarray:
-    """Check one column's values against its declared spec; return them typed (see :data:`Columns`)."""
+def check_column(col: str, spec: Mapping[str, Any], values: Sequence[Any]) -> Sequence[Any]:
+    """Check one column's values against its declared spec (see :data:`Columns`)."""
     t = spec["type"]
     if isinstance(values, np.ndarray) and values.dtype != object:
         return _check_array(col, spec, values)
+    values = values if type(values) is list else list(values)
     if t in ("int", "float"):
         return _check_numbers(col, spec, values)
     if t == "bool":
@@ -127,7 +117,7 @@ def check_column(col: str, spec: Mapping[str, Any], values: Sequence[Any] | np.n
     return _check_strings(col, spec, values)
 
 
-def check_columns(cols: Mapping[str, Sequence[Any] | np.ndarray], schema: Schema) -> Columns:
+def check_columns(cols: Mapping[str, Sequence[Any]], schema: Schema) -> Columns:
     """Validate decoded columns against the model's input schema: every input present, nothing unknown, equal
     lengths, at least one row, and each value of its column's type."""
     missing = [c for c in schema if c not in cols]

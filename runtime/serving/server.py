@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import statistics
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +32,6 @@ from .routing import ModelRoutes, RoutingTable
 log = logging.getLogger("loom.serving")
 
 REFERENCE = "reference.parquet"
-#: A forward pass of one row faster than this runs on the event loop; slower ones run on the forward thread.
-INLINE_FORWARD_S = 0.0003
 
 
 @dataclass
@@ -66,15 +62,9 @@ class LoadedVersion:
         """Class probabilities for an encoded float32 matrix."""
         return torch.softmax(self.model(torch.from_numpy(x)), dim=-1).numpy()
 
-    def forward_seconds(self) -> float:
-        """The median time of a one-row forward pass (also warms the model up)."""
-        x = np.zeros((1, self.encode.width), dtype=np.float32)
-        times = []
-        for _ in range(7):
-            started = time.perf_counter()
-            self.forward(x)
-            times.append(time.perf_counter() - started)
-        return statistics.median(times)
+    def warm_up(self) -> None:
+        """One forward pass, so the first request does not pay for lazy initialisation."""
+        self.forward(np.zeros((1, self.encode.width), dtype=np.float32))
 
     async def predict(self, cols: Columns, request_id: str = "") -> Prediction:
         assert self.batcher is not None
@@ -107,7 +97,6 @@ class ModelServer:
         self.registry = plugins.registry(cfg.registry.kind, state_dir=project.state_dir, options=cfg.registry.options)
         self.token = token
         self.metrics = ServingMetrics(replica)
-        self.forward_pool = ThreadPoolExecutor(1, thread_name_prefix="loom-forward")
         self._state = _State(RoutingTable(), {})
         self._store: Any = None
         self._service = cfg.feature_definitions.service
@@ -141,9 +130,8 @@ class ModelServer:
 
     def _start(self, lv: LoadedVersion) -> LoadedVersion:
         cfg = self.project.config.serving
-        inline = lv.forward_seconds() < INLINE_FORWARD_S
+        lv.warm_up()
         lv.batcher = MicroBatcher(lv.forward, max_rows=cfg.max_batch_size, wait_s=cfg.batch_wait_ms / 1000,
-                                  executor=None if inline else self.forward_pool,
                                   on_batch=self.metrics.batch_observer(lv.name, lv.version))
         return lv
 

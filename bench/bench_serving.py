@@ -1,0 +1,371 @@
+"""Serving throughput and latency, side by side in one run, on the same models and the same request body:
+
+  (a) plain uvicorn + FastAPI + torch, one worker: the practical ceiling (parse, forward, answer; nothing else);
+  (b) the same FastAPI app as a Ray Serve deployment with Serve's defaults (Python proxy, max_ongoing_requests 5);
+  (c) Loom's full path: Ray Serve with Loom's ingress (HAProxy, direct ingress), OIP v2 JSON decoding with schema
+      validation, preprocessing, dynamic batching, monitoring capture (sample rate 1) and metrics.
+
+Two models: a tiny MLP (30 -> 64 -> 2, overhead-bound) and a wider MLP whose one-row forward pass takes about
+1 ms (calibrated on this machine; compute-bound). Every request is one row as an Open Inference Protocol v2 JSON
+body (30 FP32 tensors of shape [1]). Load comes from `wrk` with keep-alive connections; each server runs alone
+(the others stopped) and all processes use one torch thread.
+
+    apt-get install -y wrk        # Debian/Ubuntu; `brew install wrk` on macOS
+    .venv/bin/python bench/bench_serving.py [--duration 8] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from fastapi import Request
+
+ROOT = Path(__file__).resolve().parents[1]
+N_INPUTS = 30
+COLUMNS = [f"x{i}" for i in range(N_INPUTS)]
+SERVERS = {"a": "uvicorn+FastAPI", "b": "Ray Serve defaults", "c": "Loom full path"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the models and the project that registers them ----------------------------------------------------------------
+
+
+def _forward_ms(hidden: list[int]) -> float:
+    import torch
+
+    from runtime.model import TabularMLP
+
+    model = TabularMLP(N_INPUTS, hidden, 2, 0.0).eval()
+    x = torch.randn(1, N_INPUTS)
+    with torch.inference_mode():
+        for _ in range(30):
+            model(x)
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(50):
+                model(x)
+            times.append((time.perf_counter() - started) / 50)
+    return sorted(times)[2] * 1000
+
+
+def calibrate_wide(target_ms: float = 1.0) -> tuple[list[int], float]:
+    """The two-hidden-layer width whose one-row forward pass is closest to ``target_ms``."""
+    best: tuple[float, list[int], float] | None = None
+    for width in range(1024, 4097, 256):
+        ms = _forward_ms([width, width])
+        score = abs(ms - target_ms)
+        if best is None or score < best[0]:
+            best = (score, [width, width], ms)
+        if ms > 2 * target_ms:
+            break
+    assert best is not None
+    return best[1], best[2]
+
+
+def make_project(work: Path, port: int, wide_hidden: list[int]) -> Path:
+    """A Loom project whose registry holds ``tiny`` and ``wide`` (random weights, standardised inputs)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    import yaml
+
+    from runtime import get_plugins, load_project
+    from runtime.config import ColumnSpec
+    from runtime.model import ModelBundle, Preprocessor, TabularMLP
+
+    root = work / "bench-project"
+    root.mkdir()
+    columns = {"id": {"type": "int"}, "ts": {"type": "timestamp"}, "y": {"type": "bool"},
+               **{c: {"type": "float", "nullable": False} for c in COLUMNS}}
+    cfg = {"name": "bench-serving", "data": {"source": "csv://unused.csv", "entity": "id", "timestamp": "ts",
+                                             "label": "y", "columns": columns},
+           "model": {"name": "tiny"}, "serving": {"port": port, "replica_cpus": 1},
+           "monitoring": {"sample_rate": 1.0, "window": 1000}}
+    (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    project = load_project(root)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(500, N_INPUTS)), columns=COLUMNS)
+    schema = {c: ColumnSpec(type="float", nullable=False) for c in COLUMNS}
+    pre = Preprocessor.fit(frame, schema)
+    registry = get_plugins().registry("local", state_dir=project.state_dir, options={})
+    for name, hidden in (("tiny", [64]), ("wide", wide_hidden)):
+        torch.manual_seed(0)
+        kwargs = {"n_inputs": N_INPUTS, "hidden": hidden, "n_classes": 2, "dropout": 0.0}
+        bundle = ModelBundle(architecture="runtime.model:TabularMLP", kwargs=kwargs, preprocessor=pre,
+                             classes=[False, True], inputs={c: s.model_dump(exclude_none=True) for c, s in schema.items()},
+                             label="y", state_dict=TabularMLP(**kwargs).state_dict())
+        registry.register(name, bundle.to_artifacts(), alias="production")
+    return root
+
+
+def request_body() -> bytes:
+    inputs = [{"name": c, "datatype": "FP32", "shape": [1], "data": [round(0.1 * i - 1.3, 3)]}
+              for i, c in enumerate(COLUMNS)]
+    return json.dumps({"inputs": inputs}).encode()
+
+
+# -- the three servers, each run as `bench_serving.py serve <kind> ...` -----------------------------------------------
+
+
+def _baseline_app(root: Path, name: str):
+    """(a) and (b): parse the OIP JSON, forward, answer OIP JSON."""
+    import torch
+    from fastapi import FastAPI
+
+    from runtime import get_plugins, load_project
+    from runtime.model import ModelBundle
+
+    registry = get_plugins().registry("local", state_dir=load_project(root).state_dir, options={})
+    model = ModelBundle.from_artifacts({a: registry.read_artifact(name, 1, a)
+                                        for a in ("model.json", "model.safetensors")}).build()
+    app = FastAPI()
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(name: str, request: Request):
+        body = await request.json()
+        x = torch.tensor([[t["data"][0] for t in body["inputs"]]], dtype=torch.float32)
+        with torch.inference_mode():
+            proba = torch.softmax(model(x), dim=-1)
+        return {"model_name": name, "outputs": [{"name": "probabilities", "datatype": "FP32",
+                                                  "shape": list(proba.shape), "data": proba.flatten().tolist()}]}
+
+    return app
+
+
+def serve_plain(root: Path, name: str, port: int) -> None:
+    import uvicorn
+
+    app = _baseline_app(root, name)
+    print("READY", flush=True)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve_ray_defaults(root: Path, name: str, port: int) -> None:
+    import ray
+    from ray import serve
+
+    for key in [k for k in os.environ if k.startswith("RAY_SERVE_")]:
+        del os.environ[key]
+    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", namespace="bench",
+             log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        app = _baseline_app(root, name)
+
+        @serve.deployment
+        @serve.ingress(app)
+        class Baseline:
+            pass
+
+        serve.run(Baseline.bind(), name="baseline", route_prefix="/")
+        print("READY", flush=True)
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def serve_loom(root: Path) -> None:
+    import ray
+    from ray import serve
+
+    from runtime import connect, load_project
+    from runtime.serving.deploy import deploy
+
+    connect()
+    try:
+        project = load_project(root)
+        deploy(project, "tiny", "production")
+        deploy(project, "wide", "production")
+        print("READY", flush=True)
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+# -- load generation ---------------------------------------------------------------------------------------------
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _ms(text: str) -> float:
+    match = re.match(r"([\d.]+)(us|ms|s|m|h)$", text)
+    return float(match.group(1)) * _UNITS[match.group(2)] if match else float("nan")
+
+
+def run_wrk(url: str, body_file: Path, clients: int, duration: int) -> dict[str, float]:
+    script = body_file.with_suffix(".lua")
+    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*all")\nf:close()\n')
+    cmd = ["wrk", f"-t{min(clients, 2)}", f"-c{clients}", f"-d{duration}s", "--timeout", "10s", "--latency",
+           "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    if "Requests/sec" not in out:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+              "p50_ms": _ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+              "p99_ms": _ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+              "timeouts": 0, "non_2xx": 0}
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if errors:
+        result["timeouts"] = int(errors.group(4))
+        result["socket_errors"] = sum(int(errors.group(i)) for i in (1, 2, 3))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        result["non_2xx"] = int(non2xx.group(1))
+    return result
+
+
+class Server:
+    """One server process, started for a measurement and stopped after it."""
+
+    def __init__(self, kind: str, args: list[str], url: str, work: Path):
+        self.kind, self.args, self.url, self.work = kind, args, url, work
+
+    def __enter__(self) -> Server:
+        # A private Ray temp dir: the Ray servers start their own cluster even if another one runs on this machine.
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "LOOM_RAY_LOGS": "0",
+               "RAY_TMPDIR": tempfile.mkdtemp(prefix="lbs-", dir="/tmp")}
+        log = open(self.work / f"server-{self.kind}.log", "w")
+        self.proc = subprocess.Popen([sys.executable, __file__, "serve", self.kind, *self.args], cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 300
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("READY"):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server {self.kind} did not start")
+        else:
+            raise RuntimeError(f"server {self.kind} exited; see {self.work}/server-{self.kind}.log")
+        self._wait_http()
+        return self
+
+    def _wait_http(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                req = urllib.request.Request(self.url, request_body(), {"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"{self.url} did not answer")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()  # Ray servers shut Serve and their cluster down, HAProxy included
+        try:
+            self.proc.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def measure(args: argparse.Namespace) -> dict:
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install -y wrk (Debian/Ubuntu) or brew install wrk (macOS)")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="loom-bench-serving-"))
+    wide_hidden, wide_ms = calibrate_wide()
+    tiny_ms = _forward_ms([64])
+    print(f"tiny MLP 30-64-2: {tiny_ms:.3f} ms per one-row forward; wide MLP 30-{wide_hidden[0]}-{wide_hidden[1]}-2: "
+          f"{wide_ms:.3f} ms", flush=True)
+    port = free_port()
+    root = make_project(work, port, wide_hidden)
+    body = work / "body.json"
+    body.write_bytes(request_body())
+    results: dict = {"models": {"tiny": {"hidden": [64], "forward_ms": tiny_ms},
+                                "wide": {"hidden": wide_hidden, "forward_ms": wide_ms}},
+                     "duration_s": args.duration, "runs": {}}
+    plan = {"tiny": args.tiny_clients, "wide": args.wide_clients}
+    for model, levels in plan.items():
+        for kind in args.servers:
+            kind_port = free_port() if kind != "c" else port
+            server_args = [str(root)] if kind == "c" else [str(root), model, str(kind_port)]
+            url = f"http://127.0.0.1:{kind_port}/v2/models/{model}/infer"
+            with Server(kind, server_args, url, work):
+                run_wrk(url, body, 8, 2)  # warm-up
+                for clients in levels:
+                    r = run_wrk(url, body, clients, args.duration)
+                    results["runs"].setdefault(model, {}).setdefault(kind, {})[clients] = r
+                    print(f"{model:<5} {SERVERS[kind]:<19} {clients:>4} clients: {r['rps']:8.0f} req/s  "
+                          f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:8.2f} ms  timeouts {r['timeouts']}  "
+                          f"non-2xx {r['non_2xx']}", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def report(results: dict) -> str:
+    lines = ["| model | clients | server | req/s | p50 ms | p99 ms | timeouts | non-2xx | vs (a) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for model, by_kind in results["runs"].items():
+        levels = sorted({c for runs in by_kind.values() for c in runs})
+        for clients in levels:
+            base = by_kind.get("a", {}).get(clients, {}).get("rps")
+            for kind, runs in by_kind.items():
+                r = runs.get(clients)
+                if r is None:
+                    continue
+                ratio = f"{r['rps'] / base:.2f}x" if base else "-"
+                lines.append(f"| {model} | {clients} | ({kind}) {SERVERS[kind]} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
+                             f"{r['p99_ms']:.2f} | {r['timeouts']} | {r['non_2xx']} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "serve":
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        kind, rest = sys.argv[2], sys.argv[3:]
+        sys.path.insert(0, str(ROOT))
+        import torch
+
+        torch.set_num_threads(1)
+        if kind == "a":
+            serve_plain(Path(rest[0]), rest[1], int(rest[2]))
+        elif kind == "b":
+            serve_ray_defaults(Path(rest[0]), rest[1], int(rest[2]))
+        else:
+            serve_loom(Path(rest[0]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=8, help="Seconds per measurement.")
+    parser.add_argument("--tiny-clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32, 256])
+    parser.add_argument("--wide-clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64, 256])
+    parser.add_argument("--servers", type=lambda s: s.split(","), default=["a", "b", "c"])
+    parser.add_argument("--json", type=Path, help="Also write the raw results here.")
+    args = parser.parse_args()
+    results = measure(args)
+    print()
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
