@@ -44,19 +44,27 @@ class Sample:
     cols: Columns
     predicted: list[Any]
 
-    def frame(self) -> pd.DataFrame:
-        n = len(self.predicted)
-        return pd.DataFrame({"request_id": [self.request_id] * n, "row": range(n), "ts": [self.ts] * n,
-                             "version": [self.version] * n, "latency_ms": [self.latency_ms] * n, **self.cols,
-                             "prediction": self.predicted})
-
 
 def frames(samples: list[Sample]) -> pd.DataFrame:
+    """Samples (of one model version) as rows: the :data:`META` columns and the inputs, built column by column."""
     if not samples:
         return pd.DataFrame(columns=list(META))
-    out = pd.concat([s.frame() for s in samples], ignore_index=True)
-    out["ts"] = pd.to_datetime(out["ts"], unit="s", utc=True)
-    return out
+    inputs = list(samples[0].cols)
+    out: dict[str, list[Any]] = {k: [] for k in (*META[:-1], *inputs, "prediction")}
+    for s in samples:
+        n = len(s.predicted)
+        out["request_id"] += [s.request_id] * n
+        out["row"] += range(n)
+        out["ts"] += [s.ts] * n
+        out["version"] += [s.version] * n
+        out["latency_ms"] += [s.latency_ms] * n
+        for c in inputs:
+            values = s.cols[c]
+            out[c] += values.tolist() if hasattr(values, "tolist") else values
+        out["prediction"] += s.predicted
+    frame = pd.DataFrame(out)
+    frame["ts"] = pd.to_datetime(frame["ts"], unit="s", utc=True)
+    return frame
 
 
 class CaptureStore:

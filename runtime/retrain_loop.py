@@ -1,0 +1,191 @@
+"""The closed loop from drift to a retrained model, driven from the driver (``loom loop``).
+
+On a drifted check of the served model (or a ``loom_drift_detected`` plugin asking for a retrain), it retrains on
+fresh data with Ray Train, registers the new version with tags linking it to the drift report, deploys it as a
+canary, and once enough served rows carry ground-truth labels (``POST /feedback/{model}``) scores the current and
+the new version on the same recent labelled rows with the drift monitor's ``performance`` (Evidently): the new
+version is promoted if it wins by ``min_improvement``, else rolled back. Every step is logged and written to the
+version's tags (``loom models show``).
+
+It runs on the driver, not in a Serve replica: training needs Ray Train workers and minutes of CPU, which must not
+come out of a serving replica's budget or die with it; the driver already holds the project, the registry and the
+cluster connection that ``loom deploy``/``promote``/``rollback`` use. The loop's state (the canary being judged)
+is a JSON file in the capture store, so a restarted ``loom loop`` picks up where it left off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import Project
+from .errors import LoomError
+from .monitoring import QualityMonitor
+
+log = logging.getLogger("loom.loop")
+
+
+class RetrainLoop:
+    """One project's loop. :meth:`step` does what is due now and returns what it did (``None``: nothing)."""
+
+    def __init__(self, project: Project, *, plugins: Any = None, console: Any = None):
+        from .pipeline import Pipeline
+        from .serving.drift import capture_root
+
+        self.project = project
+        self.cfg = project.config.monitoring.retrain
+        self.model = project.config.model.name
+        self.pipe = Pipeline(project, plugins=plugins, console=console)
+        self.root = capture_root(project)
+        self.state_file = self.root / "loop" / f"{self.model}.json"
+
+    # -- state -----------------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+
+    def _save(self, state: dict[str, Any]) -> None:
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps(state, indent=1))
+
+    def _log(self, version: int, step: str, **tags: Any) -> None:
+        log.info("loop %s v%d: %s %s", self.model, version, step, tags or "")
+        self.pipe.console.print(f"[bold]loop[/] {self.model} v{version}: {step}")
+        registry = self.pipe.registry
+        kept = registry.get_version(self.model, version).tags
+        registry.set_tags(self.model, version, {**kept, "loom.loop": step, **{f"loom.{k}": str(v) for k, v in
+                                                                            tags.items()}})
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    def step(self) -> str | None:
+        """Judge a running canary, or check drift and start a retrain when it is due."""
+        if not self.cfg.enabled:
+            raise LoomError("the retrain loop is off: set monitoring.retrain.enabled: true in loom.yaml")
+        state = self.state()
+        if state.get("phase") == "canary":
+            return self.judge(state)
+        if time.time() - state.get("finished_at", 0) < self.cfg.cooldown_s:
+            return None
+        report = self.drift()
+        if not (report["drifted"] or report.get("retrain_requested")):
+            return None
+        return self.retrain(report)
+
+    def drift(self) -> dict[str, Any]:
+        """A drift check of the served model, through the serving application."""
+        from .serving.deploy import _token, url_of
+
+        request = urllib.request.Request(f"{url_of(self.project)}/monitoring/{self.model}/drift")
+        token = _token(self.project)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=300) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            raise LoomError(f"drift check of {self.model!r} failed: "
+                            f"{json.loads(err.read() or b'{}').get('error', err)}") from None
+        except urllib.error.URLError as err:
+            raise LoomError(f"cannot reach the served app at {url_of(self.project)}: {err.reason}") from None
+
+    def retrain(self, report: dict[str, Any]) -> str:
+        """Retrain on fresh data, register with lineage to ``report``, deploy as a canary."""
+        from .serving.deploy import deploy
+
+        pipe, project = self.pipe, self.project
+        current = int(report["version"])
+        if self.cfg.source:
+            cfg = project.config
+            pipe.project = project.model_copy(update={"config": cfg.model_copy(
+                update={"data": cfg.data.model_copy(update={"source": self.cfg.source})})})
+        data = pipe.ingest()
+        view = pipe.write_features(data)
+        trained = pipe.train(data, view)
+        version = pipe.register(trained, data, view).version
+        alias = project.config.registry.alias
+        pipe.registry.set_alias(self.model, alias, current)  # the alias moves only on promotion
+        self._save_report(version, report)
+        self._log(version, "registered", drift_report=report["id"], retrained_from=current,
+                  drifted_features=",".join(c for c, f in report["features"].items() if f["drifted"]),
+                  data_source=data.uri)
+        deploy(project, self.model, version, canary=self.cfg.canary_percent)
+        self._log(version, "canary", canary_percent=self.cfg.canary_percent)
+        self._save({"phase": "canary", "version": version, "previous": current, "report": report["id"],
+                    "started_at": time.time()})
+        return f"canary v{version}"
+
+    def judge(self, state: dict[str, Any]) -> str | None:
+        """Promote the canary if it beats the current version on the recent labelled rows, else roll back."""
+        from .serving.deploy import promote, rollback
+
+        new, old = int(state["version"]), int(state["previous"])
+        labelled = self.labelled()
+        if len(labelled) < self.cfg.min_labelled:
+            log.info("loop %s v%d: %d of %d labelled rows to judge the canary", self.model, new, len(labelled),
+                     self.cfg.min_labelled)
+            return None
+        scores = {v: self.score(v, labelled) for v in (old, new)}
+        won = scores[new]["accuracy"] >= scores[old]["accuracy"] + self.cfg.min_improvement
+        tags = {"accuracy": round(scores[new]["accuracy"], 4), "accuracy_previous": round(scores[old]["accuracy"], 4),
+                "judged_rows": len(labelled)}
+        if won:
+            promote(self.project, self.model)
+            self._log(new, "promoted", **tags)
+        else:
+            rollback(self.project, self.model)
+            self._log(new, "rolled-back", **tags)
+        self._save({"phase": "idle", "last": new, "outcome": "promoted" if won else "rolled-back",
+                    "finished_at": time.time()})
+        return f"{'promoted' if won else 'rolled back'} v{new}"
+
+    def labelled(self) -> pd.DataFrame:
+        """The most recent served rows (any version) with a ground-truth label, at most ``monitoring.window``."""
+        from .serving.capture import read_captured, read_feedback
+
+        rows = read_captured(self.root, self.model)
+        labels = read_feedback(self.root, self.model)
+        if rows.empty or labels.empty:
+            return rows.iloc[0:0].assign(label=[])
+        out = rows.merge(labels, on=["request_id", "row"], how="inner")
+        return out.tail(self.project.config.monitoring.window).reset_index(drop=True)
+
+    def score(self, version: int, labelled: pd.DataFrame) -> dict[str, Any]:
+        """Performance of ``version`` on ``labelled`` rows, from the drift monitor (Evidently by default)."""
+        from .model import ModelBundle, Predictor
+
+        registry = self.pipe.registry
+        arts = {a: registry.read_artifact(self.model, version, a) for a in ("model.json", "model.safetensors")}
+        bundle = ModelBundle.from_artifacts(arts)
+        predicted, _ = Predictor(bundle).predict(labelled[list(bundle.inputs)])
+        mon = self.project.config.monitoring
+        monitor = self.pipe.plugins.drift_monitor(mon.monitor, options=mon.options)
+        if not isinstance(monitor, QualityMonitor):
+            raise LoomError(f"drift monitor {mon.monitor!r} measures no performance; the loop needs one that does "
+                            "(the built-in 'evidently')")
+        frame = pd.DataFrame({"label": labelled["label"].astype(str), "prediction": [str(p) for p in predicted]})
+        return monitor.performance(frame, target="label", prediction="prediction", classes=bundle.classes)
+
+    def _save_report(self, version: int, report: dict[str, Any]) -> Path:
+        path = self.root / "loop" / f"{self.model}-v{version}-drift-{report['id']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1, default=str))
+        return path
+
+    def run(self, interval_s: float, *, max_steps: int | None = None) -> None:
+        """Step every ``interval_s`` seconds (forever, or ``max_steps`` times)."""
+        done = 0
+        while max_steps is None or done < max_steps:
+            outcome = self.step()
+            if outcome:
+                self.pipe.console.print(f"[green]✓[/] {outcome}")
+            done += 1
+            if max_steps is None or done < max_steps:
+                time.sleep(interval_s)
