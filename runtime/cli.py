@@ -17,6 +17,7 @@ from .cli_plugin import plugin_group
 from .cli_cluster import submit
 from .cli_features import features
 from .cli_serving import COMMANDS as serving_commands
+from .cli_loop import loop
 from .cli_models import models, runs
 from .config import Project, load_project
 from .errors import LoomError
@@ -213,10 +214,18 @@ def monitor(model: str, url: str, as_json: bool) -> None:
     verdict = "[red]DRIFT[/]" if report["drifted"] else "[green]no drift[/]"
     out.print(f"{model} v{report['version']}: {verdict} — {report['share_drifted']:.0%} of columns drifted "
               f"({report['n_current']} served rows vs {report['n_reference']} reference rows)")
-    table = Table("column", "drifted", "score", "method", "threshold")
+    table = Table("column", "drifted", "score", "method", "threshold", "data quality")
     for col, f in report["features"].items():
-        table.add_row(col, "yes" if f["drifted"] else "no", f"{f['score']:.4g}", f["method"], f"{f['threshold']:.3g}")
+        quality = report.get("data_quality", {}).get(col, {})
+        issues = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in quality.items() if k != "rows" and v) or "-"
+        table.add_row(col, "yes" if f["drifted"] else "no", f"{f['score']:.4g}", f["method"], f"{f['threshold']:.3g}",
+                      issues)
     out.print(table)
+    pred, perf = report.get("prediction_drift", {}), report.get("performance", {})
+    if "drifted" in pred:
+        out.print(f"prediction drift: {'[red]yes[/]' if pred['drifted'] else 'no'} ({pred['method']} {pred['score']:.4g})")
+    if "accuracy" in perf:
+        out.print(f"performance on {perf['rows']} labelled rows: accuracy {perf['accuracy']:.3f}, f1 {perf['f1']:.3f}")
 
 
 # Command groups of each area live in their own modules and are attached here.
@@ -225,6 +234,7 @@ cli.add_command(submit)
 cli.add_command(features)
 cli.add_command(models)
 cli.add_command(runs)
+cli.add_command(loop)
 
 for _command in serving_commands:
     cli.add_command(_command)
