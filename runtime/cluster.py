@@ -32,7 +32,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
 
             configure_environment()  # HAProxy ingress for Ray Serve; read by every process of the cluster
             # The dashboard (bound to loopback) backs Ray's state and jobs APIs, which Ray Train uses.
-            ray.init(num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=True,
+            # address="local": always a new cluster, never one a `ray start` on this host left in
+            # /tmp/ray/ray_current_cluster (plain ray.init() would join that one, or fail if it is gone).
+            ray.init(address="local", num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=True,
                      dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **common)
     return dict(ray.cluster_resources())
 
