@@ -33,8 +33,9 @@ def data(root: Path) -> pd.DataFrame:
 
 
 def register_version(root: Path, *, seed: int, hidden: tuple[int, ...] = (16,), steps: int = 200,
-                     alias: str | None = "production") -> int:
-    """Train a small MLP on the project's data in-process and register it; return the version number."""
+                     alias: str | None = "production", name: str | None = None) -> int:
+    """Train a small MLP on the project's data in-process and register it (as ``name``, default the project's
+    model); return the version number."""
     project = load_project(root)
     cfg = project.config
     df = data(root).dropna(subset=[cfg.data.label])
@@ -58,7 +59,7 @@ def register_version(root: Path, *, seed: int, hidden: tuple[int, ...] = (16,), 
     buf = io.BytesIO()
     df[FEATURES].sample(500, random_state=seed).reset_index(drop=True).to_parquet(buf, index=False)
     artifacts["reference.parquet"] = buf.getvalue()
-    mv = registry(root).register(cfg.model.name, artifacts, params={"seed": seed}, alias=alias)
+    mv = registry(root).register(name or cfg.model.name, artifacts, params={"seed": seed}, alias=alias)
     return mv.version
 
 

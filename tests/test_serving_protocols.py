@@ -64,6 +64,7 @@ def project_dir(tmp_path_factory) -> Path:
     root = make_project(tmp_path_factory.mktemp("serving") / "qs", port=_free_port())
     register_version(root, seed=1)
     register_version(root, seed=2, alias="challenger")
+    register_version(root, seed=3, name="upsell", hidden=(8,))
     pipe = Pipeline(root)
     pipe.write_features(pipe.ingest())
     return root
@@ -202,6 +203,23 @@ def test_versions_and_aliases_are_routable(client, frame):
     assert missing.status_code == 404 and "live versions: 1, 2" in missing.json()["error"]
     no_alias = client.post("/v2/models/churn@staging/infer", json=body)
     assert no_alias.status_code == 404 and "staging" in no_alias.json()["error"]
+
+
+def test_several_models_are_live_at_once(server, frame):
+    both = ModelServer(server.project, server.plugins)
+    both.apply(server.table.deploy("upsell", 1))
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=LoomApp(both))
+        async with httpx.AsyncClient(transport=transport, base_url="http://loom") as c:
+            body = {"inputs": oip_inputs(frame.head(2))}
+            assert (await c.post("/v2/models/upsell/infer", json=body)).json()["model_name"] == "upsell"
+            assert (await c.post("/v2/models/churn/infer", json=body)).json()["model_version"] == "1"
+            assert set((await c.get("/models")).json()["models"]) == {"churn", "upsell"}
+            paths = (await c.get("/openapi.json")).json()["paths"]
+            assert "/predict/upsell" in paths and "/predict/churn" in paths
+
+    asyncio.run(run())
 
 
 # -- MLflow scoring and /predict ----------------------------------------------------------------------------------

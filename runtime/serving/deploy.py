@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from importlib import resources
+from typing import Any
 
 from ray import serve
 from ray.serve.config import BackpressureConfig
@@ -121,13 +122,11 @@ def current_table(project: Project) -> RoutingTable:
     return RoutingTable.from_config(handle.routes.remote().result(timeout_s=60))
 
 
-def _apply(project: Project, table: RoutingTable, *, timeout_s: float) -> str:
-    """Deploy the application with ``table``: created if absent, else updated in place."""
+def deployment_options(project: Project, table: RoutingTable) -> dict[str, Any]:
+    """The ingress deployment's Ray Serve options: the project's serving settings, and the routing table as
+    ``user_config``."""
     cfg = project.config.serving
-    token = _token(project)
-    _quiet_serve_logs()
-    _start_serve(cfg.host, cfg.port, cfg.proxy_location)
-    options: dict = dict(
+    options: dict[str, Any] = dict(
         name="ingress",
         max_ongoing_requests=cfg.max_ongoing_requests,
         max_queued_requests=cfg.max_queued_requests,
@@ -142,8 +141,17 @@ def _apply(project: Project, table: RoutingTable, *, timeout_s: float) -> str:
         options["autoscaling_config"] = cfg.autoscaling.model_dump()
     else:
         options["num_replicas"] = cfg.replicas
+    return options
+
+
+def _apply(project: Project, table: RoutingTable, *, timeout_s: float) -> str:
+    """Deploy the application with ``table``: created if absent, else updated in place."""
+    cfg = project.config.serving
+    token = _token(project)
+    _quiet_serve_logs()
+    _start_serve(cfg.host, cfg.port, cfg.proxy_location)
     deployment = serve.deployment(LoomIngress).options(version=_code_version(project, token), _internal=True,
-                                                       **options)
+                                                       **deployment_options(project, table))
     serve.run(deployment.bind(str(project.root), token), name=app_name(project), route_prefix=cfg.route_prefix)
     url = url_of(project)
     _wait_serving(url, table, token, timeout_s)
