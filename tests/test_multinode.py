@@ -55,13 +55,17 @@ def two_nodes(tmp_path_factory):
     dashboard = f"http://127.0.0.1:{dash}"
     from ray.job_submission import JobSubmissionClient
 
-    _wait(lambda: JobSubmissionClient(dashboard).get_version(), 90, "the head node")
+    try:
+        _wait(lambda: JobSubmissionClient(dashboard).get_version(), 180, "the head node")
+    except TimeoutError:
+        head.kill()
+        raise TimeoutError("head node did not come up:\n" + (logs / "head.log").read_text()[-3000:]) from None
     worker = subprocess.Popen([RAY, "start", "--address", f"127.0.0.1:{gcs}", *common], env=env,
                               stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT)
 
     from ray.util.state import list_nodes
 
-    _wait(lambda: len([n for n in list_nodes(address=dashboard) if n.state == "ALIVE"]) == 2, 90, "two nodes")
+    _wait(lambda: len([n for n in list_nodes(address=dashboard) if n.state == "ALIVE"]) == 2, 180, "two nodes")
     yield {"dashboard": dashboard, "gcs": f"127.0.0.1:{gcs}", "env": env, "head": head, "worker": worker}
     for proc in (worker, head):
         proc.terminate()
