@@ -8,7 +8,7 @@ each) after traffic shifts.
 
 Then serving throughput with capture on (every request sampled into the window and the Parquet store) against
 capture off, in-process through the ASGI app (no network, so the capture's share of a request is not diluted),
-interleaved rounds of one-row ``/predict`` requests, 32 in flight.
+interleaved rounds (order alternating) of one-row ``/predict`` requests, 32 in flight.
 
 Usage: ``python bench/bench_drift.py [--rows 100000] [--windows 50] [--requests 4000]``.
 """
@@ -86,7 +86,7 @@ async def _throughput(app, bodies: list[bytes], concurrency: int = 32) -> float:
     return len(bodies) / (time.perf_counter() - started)
 
 
-def capture_throughput(requests: int) -> None:
+def capture_throughput(requests: int, rounds: int = 9) -> None:
     root = Path(__file__).resolve().parent.parent
     sys.path[:0] = [str(root / "tests")]
     from conftest import make_project
@@ -110,13 +110,15 @@ def capture_throughput(requests: int) -> None:
     rows = records(data(project_dir).head(requests))
     bodies = [json.dumps([r]).encode() for r in rows]
     rates: dict[str, list[float]] = {"on": [], "off": []}
-    for _ in range(5):
-        for name in ("off", "on"):
+    for i in range(rounds):
+        for name in (("off", "on") if i % 2 else ("on", "off")):
             rates[name].append(asyncio.run(_throughput(apps[name], bodies)))
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    paired = statistics.median(a / b for a, b in zip(rates["on"], rates["off"]))
     dropped = apps["on"].server.checks.store.dropped
-    print(f"serving throughput, one-row /predict, 32 in flight, median of 5 interleaved rounds of {requests}: "
-          f"capture off {off:,.0f} req/s, capture on {on:,.0f} req/s -> {on / off:.3f}x (samples dropped: {dropped})")
+    print(f"serving throughput, one-row /predict, 32 in flight, {rounds} interleaved rounds of {requests}: capture off "
+          f"{off:,.0f} req/s, capture on {on:,.0f} req/s (medians) -> {on / off:.3f}x; median paired ratio "
+          f"{paired:.3f}x (samples dropped: {dropped})")
 
 
 def main() -> None:

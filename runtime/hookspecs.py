@@ -152,9 +152,12 @@ def loom_drift_detected(project: Project, model: str, version: int, report: Drif
     :param model: model name.
     :param version: the version whose traffic drifted.
     :param report: the :class:`runtime.DriftReport`.
-    :return: ``True`` to ask for a retrain; ``None``/``False`` to leave it. (Nothing acts on the request yet.)
+    :return: ``True`` to ask for a retrain; ``None``/``False`` to leave it. The request shows as
+        ``retrain_requested`` in the drift report, and ``loom loop`` retrains on it as on drift itself.
 
-    Called in the Serve replica whose captured traffic was checked; the drift check's response waits for it.
+    Called in the Serve replica whose captured traffic was checked (on demand or by the scheduled checks); the
+    drift check's response waits for it. A failing implementation is logged and named in the report's
+    ``hook_error``; the check still answers.
 
     Since 0.1.0.
     """

@@ -1,8 +1,8 @@
 """Capture of served traffic: a sampled in-memory window per model version for drift checks, and a capture store
 that a background thread fills with every sampled request (Parquet, partitioned by model, version and date).
 
-The request path only draws a random number and, for a sampled request, appends one tuple to two deques: no
-copying, no pandas, no I/O, no lock a reader could hold. When the store's buffer is full the sample is dropped and
+The request path only draws a random number and, for a sampled request, appends one record to two deques: no
+copying, no pandas, no I/O, no lock. When the store's buffer is full the sample is dropped and
 counted, so capture never slows or fails a request.
 """
 
@@ -32,7 +32,7 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sample:
     """One sampled request: its inputs (columns), predicted labels and what the store records about it."""
 
@@ -175,9 +175,7 @@ class Capture:
         self.window = window
         self.sample_rate = sample_rate
         self.store = store
-        self._chunks: deque[Sample] = deque()
-        self._rows = 0
-        self._lock = threading.Lock()
+        self._chunks: deque[Sample] = deque(maxlen=window)
         self._rng = random.Random(seed)
         self.captured = 0
 
@@ -186,21 +184,15 @@ class Capture:
             return
         sample = Sample(self.model, self.version, request_id or new_request_id(), time.time(),
                         round(latency_s * 1000, 3), cols, predicted)
-        n = len(predicted)
-        with self._lock:
-            self._chunks.append(sample)
-            self._rows += n
-            self.captured += n
-            while self._chunks and self._rows - len(self._chunks[0].predicted) >= self.window:
-                self._rows -= len(self._chunks.popleft().predicted)
+        self._chunks.append(sample)  # atomic; the deque's maxlen bounds it (requests >= rows, trimmed in frame)
+        self.captured += len(predicted)
         if self.store is not None:
             self.store.offer(sample)
 
     def frame(self, since_s: float | None = None) -> pd.DataFrame:
         """The captured rows (at most ``window``, newest last; only the last ``since_s`` seconds when given) with
         the :data:`META` columns."""
-        with self._lock:
-            chunks = list(self._chunks)
+        chunks = list(self._chunks)
         if since_s is not None:
             cutoff = time.time() - since_s
             chunks = [c for c in chunks if c.ts >= cutoff]
