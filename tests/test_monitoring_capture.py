@@ -25,7 +25,8 @@ from runtime.serving.server import ModelServer
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("monitoring") / "qs", port=_free_port(),
-                        monitoring={"window": 400, "flush_interval_s": 0.2, "interval_s": None})
+                        monitoring={"window": 400, "flush_interval_s": 0.2, "interval_s": 0.5,
+                                                             "min_rows": 1000})
     register_version(root, seed=1)
     server = ModelServer.from_project(str(root))
     server.apply(RoutingTable().deploy("churn", 1))
@@ -106,7 +107,8 @@ def test_drift_quality_history_report_and_gauges(served):
     assert report["data_quality"]["total_charges"]["missing"] >= 0
     assert report["data_quality"]["monthly_charges"]["out_of_range"] == 0  # requests are validated on the way in
     history = client.get("/monitoring/churn/history").json()
-    assert history[-1]["id"] == report["id"] and "monthly_charges" in history[-1]["drifted_features"]
+    mine = next(h for h in history if h["id"] == report["id"])
+    assert "monthly_charges" in mine["drifted_features"]
     html = client.get("/monitoring/churn/report")
     assert html.status_code == 200 and "<html" in html.text.lower()
     metrics = client.get("/metrics").text
@@ -131,3 +133,17 @@ def test_a_failing_drift_hook_is_named_not_a_500(served):
         assert "FailingPager" in r.json()["hook_error"] and "pager is down" in r.json()["hook_error"]
     finally:
         server.plugins.pm.unregister(failing)
+
+
+def test_scheduled_checks_run_once_enough_new_rows_arrive(served):
+    root, _, client = served
+    before = len(client.get("/monitoring/churn/history").json())
+    for start in range(0, 1000, 200):
+        assert client.post("/predict/churn", json=records(data(root).iloc[start:start + 200])).status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        history = client.get("/monitoring/churn/history").json()
+        if any(h["trigger"] == "schedule" for h in history[before:]):
+            break
+        time.sleep(0.2)
+    assert any(h["trigger"] == "schedule" for h in history[before:]), history[before:]

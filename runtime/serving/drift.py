@@ -7,7 +7,6 @@ windows, samples large ones, keeps the history, sets the Prometheus gauges, runs
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -92,7 +91,8 @@ class DriftChecks:
         self._checked: dict[tuple[str, int], int] = {}
         self._ref_predictions: dict[tuple[str, int], list[Any]] = {}
         self._lock = threading.Lock()
-        self._task: asyncio.Task | None = None
+        self._thread: threading.Thread | None = None
+        self.start()
 
     @property
     def store_root(self):
@@ -262,19 +262,22 @@ class DriftChecks:
     # -- the schedule ----------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the scheduled checks on the running event loop (once; no-op when ``interval_s`` is null)."""
-        if self._task is None and self.cfg.interval_s is not None and self.cfg.monitor is not None:
-            self._task = asyncio.get_running_loop().create_task(self._schedule(self.cfg.interval_s))
+        """Start the scheduled checks (once; no-op when ``interval_s`` or ``monitor`` is null). They run on a daemon
+        thread of their own, so they depend on no event loop of the serving framework."""
+        if self._thread is None and self.cfg.interval_s is not None and self.cfg.monitor is not None:
+            self._thread = threading.Thread(target=self._schedule, args=(self.cfg.interval_s,),
+                                            name="loom-drift-schedule", daemon=True)
+            self._thread.start()
 
-    async def _schedule(self, interval_s: float) -> None:
+    def _schedule(self, interval_s: float) -> None:
         while True:
-            await asyncio.sleep(interval_s)
-            for name, routes in self.server.table.models.items():
-                lv = self.server.resolve(name, str(routes.primary))
-                if lv.capture.captured - self._checked.get((name, lv.version), 0) < self.cfg.min_rows:
-                    continue
+            time.sleep(interval_s)
+            for name, routes in list(self.server.table.models.items()):
                 try:
-                    await asyncio.get_running_loop().run_in_executor(None, lambda: self.check(name, trigger="schedule"))
+                    lv = self.server.resolve(name, str(routes.primary))
+                    if lv.capture.captured - self._checked.get((name, lv.version), 0) < self.cfg.min_rows:
+                        continue
+                    self.check(name, trigger="schedule")
                 except RequestError as err:
                     log.info("scheduled drift check of %s skipped: %s", name, err.message)
                 except Exception:  # noqa: BLE001 - a failed check must not stop the schedule
