@@ -1,6 +1,6 @@
 """How HTTP reaches the serving replicas: HAProxy in front of replicas that each run their own HTTP server (Ray
 Serve's HAProxy mode with direct ingress), instead of Serve's Python proxy, which stalls under concurrency on small
-machines (see BENCHMARKS.md).
+machines (see BENCHMARKS.md). Ray workers also keep normal CPU priority instead of Ray's nice 15.
 
 Ray Serve reads these settings from the environment of every Ray process when it is imported, so they must be set
 before the cluster starts: :func:`runtime.cluster.connect` calls :func:`configure_environment` before it starts an
@@ -73,6 +73,9 @@ def configure_environment() -> None:
     """Set Ray Serve's ingress settings in this process's environment (inherited by the cluster it starts).
 
     Settings already in the environment win, so an operator can override any of them."""
+    # Ray starts its workers at nice 15; a serving replica at that priority loses the CPU to anything else on the
+    # host (a load balancer, a client, another service) and its latency follows.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if ingress_mode() != HAPROXY:
         return
     try:
