@@ -63,7 +63,7 @@ def _curl_example(project: Project, url: str) -> str:
     pipe = Pipeline(project, console=console)
     mv = pipe.registry.get_version(project.config.model.name, project.config.registry.alias)
     ref = pd.read_parquet(io.BytesIO(pipe.registry.read_artifact(mv.name, mv.version, "reference.parquet")))
-    record = json.loads(ref.head(1).to_json(orient="records"))
+    record = json.loads(ref.drop(columns=["prediction"], errors="ignore").head(1).to_json(orient="records"))
     return (f"curl -s -X POST {url}/predict/{mv.name} -H 'Content-Type: application/json' "
             f"-d '{json.dumps(record)}'")
 

@@ -196,7 +196,7 @@ class Pipeline:
     def train(self, data: Dataset, view: FeatureService) -> Trained:
         """Train on the connected Ray cluster with Ray Train, showing per-epoch progress."""
         from .cluster import connect, project_runtime_env
-        from .model import SPEC, ModelBundle, Preprocessor
+        from .model import SPEC, ModelBundle, Predictor, Preprocessor
         from .training import run_training
 
         cfg = self.project.config
@@ -271,6 +271,8 @@ class Pipeline:
             tracker.end_run(run.id)
         reference = train_df[list(view.features)].sample(min(len(train_df), cfg.monitoring.reference_rows),
                                                          random_state=t.seed)
+        # The trained model's predictions on its reference rows: the baseline of prediction drift checks.
+        reference = reference.assign(prediction=Predictor(bundle).predict(reference)[0])
         buf = io.BytesIO()
         reference.reset_index(drop=True).to_parquet(buf, index=False)
         artifacts[REFERENCE] = buf.getvalue()

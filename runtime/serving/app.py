@@ -83,6 +83,9 @@ class LoomApp:
         self.default_model = cfg.model.name
         self._bearer = f"Bearer {server.token}".encode() if server.token else None
         self.api = _metadata_api(server)
+        # In a Serve replica, Serve's request-id middleware puts an X-Request-ID on every request (the client's, or
+        # a new one) and echoes it on the response; outside Serve this app does both itself.
+        self._echo_request_id = not server.metrics.replica
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -154,7 +157,7 @@ class LoomApp:
             log.exception("unexpected error while serving a request")
             status, extra = 500, _JSON
             payload = _dumps({"error": f"internal error ({type(err).__name__}); see the server log"})
-        if call.request_id:
+        if call.request_id and self._echo_request_id:
             extra = [*extra, (b"x-request-id", call.request_id.encode("latin-1"))]
         await _respond(send, status, payload, extra)
         if protocol != "health":

@@ -219,6 +219,8 @@ class DriftChecks:
                           current: pd.DataFrame) -> dict[str, Any]:
         """Drift of the predicted class between the model's predictions on its reference rows and on served rows."""
         key = (lv.name, lv.version)
+        if key not in self._ref_predictions and "prediction" in reference:  # stored at training time
+            self._ref_predictions[key] = reference["prediction"].tolist()
         if key not in self._ref_predictions:
             cols = {c: (reference[c].to_numpy(np.float64) if s["type"] not in CATEGORICAL_TYPES
                         else reference[c].astype(object).where(reference[c].notna(), None).tolist())
