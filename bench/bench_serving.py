@@ -225,8 +225,9 @@ def run_wrk(url: str, body_file: Path, clients: int, duration: int) -> dict[str,
     if "Requests/sec" not in out:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-              "p50_ms": _ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
-              "p99_ms": _ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+              "requests": int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+              "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+              "p99_ms": _ms(re.search(r"\s99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
               "timeouts": 0, "non_2xx": 0}
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if errors:
@@ -262,6 +263,23 @@ class Server:
             raise RuntimeError(f"server {self.kind} exited; see {self.work}/server-{self.kind}.log")
         self._wait_http()
         return self
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by the server and every process it started, by kind of process."""
+        import psutil
+
+        root = psutil.Process(self.proc.pid)
+        total: dict[str, float] = {}
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                name = p.name()
+            except psutil.Error:
+                continue
+            kind = ("replica" if "ServeReplica" in name or "SERVE_REPLICA" in name else
+                    "haproxy" if "haproxy" in name else "server" if p.pid == root.pid else "ray")
+            total[kind] = total.get(kind, 0.0) + t.user + t.system
+        return total
 
     def _wait_http(self) -> None:
         deadline = time.monotonic() + 60
@@ -309,21 +327,32 @@ def measure(args: argparse.Namespace) -> dict:
             kind_port = free_port() if kind != "c" else port
             server_args = [str(root)] if kind == "c" else [str(root), model, str(kind_port)]
             url = f"http://127.0.0.1:{kind_port}/v2/models/{model}/infer"
-            with Server(kind, server_args, url, work):
+            with Server(kind, server_args, url, work) as server:
                 run_wrk(url, body, 8, 2)  # warm-up
+                before = server.cpu_seconds()
+                time.sleep(args.duration)
+                idle = {k: v - before.get(k, 0.0) for k, v in server.cpu_seconds().items()}
+                results.setdefault("idle_cpu_share", {}).setdefault(model, {})[kind] = round(
+                    sum(idle.values()) / args.duration, 3)
                 for clients in levels:
+                    before = server.cpu_seconds()
                     r = run_wrk(url, body, clients, args.duration)
+                    used = {k: (v - before.get(k, 0.0)) / max(r["requests"], 1) * 1e6
+                            for k, v in server.cpu_seconds().items()}
+                    r["cpu_us_per_request"] = sum(used.values())
+                    r["cpu_us_by_process"] = {k: round(v) for k, v in sorted(used.items())}
                     results["runs"].setdefault(model, {}).setdefault(kind, {})[clients] = r
                     print(f"{model:<5} {SERVERS[kind]:<19} {clients:>4} clients: {r['rps']:8.0f} req/s  "
                           f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:8.2f} ms  timeouts {r['timeouts']}  "
-                          f"non-2xx {r['non_2xx']}", flush=True)
+                          f"non-2xx {r['non_2xx']}  server CPU {r['cpu_us_per_request']:6.0f} us/req "
+                          f"{r['cpu_us_by_process']}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     return results
 
 
 def report(results: dict) -> str:
-    lines = ["| model | clients | server | req/s | p50 ms | p99 ms | timeouts | non-2xx | vs (a) |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | clients | server | req/s | p50 ms | p99 ms | timeouts | non-2xx | server CPU/request | vs (a) |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for model, by_kind in results["runs"].items():
         levels = sorted({c for runs in by_kind.values() for c in runs})
         for clients in levels:
@@ -334,7 +363,12 @@ def report(results: dict) -> str:
                     continue
                 ratio = f"{r['rps'] / base:.2f}x" if base else "-"
                 lines.append(f"| {model} | {clients} | ({kind}) {SERVERS[kind]} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
-                             f"{r['p99_ms']:.2f} | {r['timeouts']} | {r['non_2xx']} | {ratio} |")
+                             f"{r['p99_ms']:.2f} | {r['timeouts']} | {r['non_2xx']} | "
+                             f"{r['cpu_us_per_request']:,.0f} us | {ratio} |")
+    idle = results.get("idle_cpu_share", {})
+    for model, by_kind in idle.items():
+        shares = ", ".join(f"({k}) {v:.0%}" for k, v in by_kind.items())
+        lines.append(f"\nIdle CPU of each server with {model} loaded, in cores: {shares}")
     return "\n".join(lines)
 
 
