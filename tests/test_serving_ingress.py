@@ -58,6 +58,7 @@ def test_haproxy_mode_is_configured_with_loopback_wrapper(clean_env, tmp_path):
     rewritten = config.read_text()
     assert f"bind 127.0.0.1:{stats}" in rewritten and f"bind 127.0.0.1:{metrics}" in rewritten
     assert "bind 127.0.0.1:8000" in rewritten and "errorfile" not in rewritten
+    assert 'frontend http_frontend\n    http-request set-header x-request-disconnect-disabled "?1"\n' in rewritten
     assert "*:" not in rewritten and f"bind :{metrics}" not in rewritten
 
 

@@ -10,7 +10,10 @@ keeps Serve's own proxy instead.
 Kept on loopback: Serve binds the replicas' HTTP servers to ``serving.host`` (127.0.0.1 by default) because Loom
 passes it explicitly. Ray's HAProxy configuration binds its statistics page and Prometheus exporter to every
 interface on fixed ports (8404, 9101); Loom starts HAProxy through a small wrapper that binds both to 127.0.0.1 on
-free ports, and lets HAProxy's own 502/503/504 answers through instead of Ray's rewrite of them to 500.
+free ports, and lets HAProxy's own 502/503/504 answers through instead of Ray's rewrite of them to 500. It also marks
+every request ``x-request-disconnect-disabled``: a replica then runs it directly instead of in a task raced against
+a second task watching for the client going away, which costs more than a short inference request saves by being
+cancelled.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ INGRESS_ENV = "LOOM_SERVE_INGRESS"
 HAPROXY, PROXY = "haproxy", "proxy"
 
 _WRAPPER = """#!/bin/sh
-# Written by Loom (runtime/serving/ingress.py): bind HAProxy's stats page and Prometheus exporter to loopback and
-# keep HAProxy's own 502/503/504 answers, then run Ray's HAProxy with the arguments Ray Serve gave.
+# Written by Loom (runtime/serving/ingress.py): bind HAProxy's stats page and Prometheus exporter to loopback, keep
+# HAProxy's own 502/503/504 answers, tell replicas not to watch for client disconnects (inference requests are
+# short; watching costs two tasks per request), then run Ray's HAProxy with the arguments Ray Serve gave.
 prev=""
 for arg in "$@"; do
   if [ "$prev" = "-f" ] && [ -f "$arg" ]; then
     sed -i -e 's/^\\([[:space:]]*bind \\)\\*\\{{0,1\\}}:\\({stats}\\|{metrics}\\)[[:space:]]*$/\\1127.0.0.1:\\2/' \\
-        -e '/^[[:space:]]*errorfile 50[234] /d' "$arg"
+        -e '/^[[:space:]]*errorfile 50[234] /d' \\
+        -e '/^frontend http_frontend$/a\\    http-request set-header x-request-disconnect-disabled "?1"' "$arg"
   fi
   prev="$arg"
 done
