@@ -42,8 +42,10 @@ def _serve_forever(project: Project, url: str) -> None:
     out.print(f"  {_curl_example(project, url)}\n", soft_wrap=True, highlight=False)
     out.print(f"  curl -s {url}/v2/models/{model}\n", soft_wrap=True, highlight=False)
     try:
+        # Short sleeps: Ray's threads can receive the SIGINT, and Python then only raises KeyboardInterrupt once
+        # the main thread runs bytecode again, so one long sleep would ignore Ctrl-C for up to its length.
         while True:
-            time.sleep(3600)
+            time.sleep(0.25)
     except KeyboardInterrupt:
         console.print("stopping…")
         import ray
