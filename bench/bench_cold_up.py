@@ -56,8 +56,10 @@ def run_once(env_extra: dict[str, str]) -> dict[str, float]:
     port = free_port()
     env = {**os.environ, **env_extra}
     started = time.monotonic()
+    # A shell's background job inherits SIGINT ignored; restore it so the child's Ctrl-C handling is what runs.
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "up", str(work / "qs"), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         done = first_prediction(f"http://127.0.0.1:{port}", started + 300)
     finally:

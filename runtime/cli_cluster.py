@@ -41,11 +41,8 @@ def submit(project: str, address: str | None, stage: str, state_dir: str | None,
     env = {"LOOM_STATE_DIR": state_dir} if state_dir else {}
     entrypoint = f"loom {stage} ." + (" --detach" if stage in ("up", "deploy") else "")
     excludes = [f"{proj.config.state_dir.rstrip('/')}/", "__pycache__/"]
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": str(proj.root), "excludes": excludes, "env_vars": env},
-        metadata={"loom_project": proj.config.name},
-    )
+    job_id = _submit(client, entrypoint=entrypoint, metadata={"loom_project": proj.config.name},
+                     runtime_env={"working_dir": str(proj.root), "excludes": excludes, "env_vars": env})
     console.print(f"submitted job [bold]{job_id}[/]: {shlex.quote(entrypoint)}")
     if not wait:
         click.echo(job_id)
@@ -54,6 +51,19 @@ def submit(project: str, address: str | None, stage: str, state_dir: str | None,
     if status != "SUCCEEDED":
         raise LoomError(f"job {job_id} ended {status}: {client.get_job_info(job_id).message or ''}".strip())
     click.echo(job_id)
+
+
+def _submit(client, *, timeout_s: float = 120, **job) -> str:
+    """Submit, retrying while the head's job agent is still starting (a cluster just brought up answers 500
+    "No available agent to submit job" for a while)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise LoomError(f"the cluster refused the job: {err}") from None
+            time.sleep(2)
 
 
 def _follow(client, job_id: str, poll_s: float = 1.0) -> str:
