@@ -12,6 +12,7 @@ import pytest
 
 import runtime
 from runtime import Pipeline, get_plugins, hookimpl
+from runtime.serving.deploy import shutdown
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +49,7 @@ def served(ray_cluster, quickstart_dir):
     data = pd.read_csv(quickstart_dir / "data" / "customers.csv")
     yield {"pipe": pipe, "result": result, "client": client, "recorder": recorder, "data": data}
     client.close()
+    shutdown(pipe.project)  # later modules deploy their own apps on the shared cluster
 
 
 FEATURES = ["tenure_months", "monthly_charges", "total_charges", "support_calls", "paperless_billing", "contract",
@@ -159,6 +161,28 @@ def test_tritonclient_json(served):
     result = client.infer("churn", inputs, outputs=outputs)
     proba = result.as_numpy("probabilities")
     assert proba.shape == (5, 2)
+
+
+def test_tritonclient_binary_defaults_through_serve(served):
+    """tritonclient's defaults (binary tensors both ways) through Ray Serve's ingress agree with /predict."""
+    import tritonclient.http as tc
+
+    df = served["data"].head(6)
+    client = tc.InferenceServerClient(url=served["result"].url.removeprefix("http://"))
+    inputs = []
+    for spec in oip_inputs(df):
+        if spec["datatype"] == "BYTES":
+            arr = np.array([v.encode() for v in spec["data"]], dtype=object)
+        else:
+            arr = np.array(spec["data"], dtype={"INT64": np.int64, "FP64": np.float64, "BOOL": np.bool_}[
+                spec["datatype"]])
+        inp = tc.InferInput(spec["name"], [len(df)], spec["datatype"])
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    result = client.infer("churn", inputs)
+    expected = served["client"].post("/predict/churn", json=records(df)).json()
+    assert result.as_numpy("predicted").tolist() == expected["predictions"]
+    assert np.allclose(result.as_numpy("probabilities").reshape(-1, 2), expected["probabilities"], atol=1e-5)
 
 
 @pytest.mark.parametrize("body, status, fragment", [
