@@ -5,8 +5,8 @@
   (c) Loom's full path: Ray Serve with Loom's ingress (HAProxy, direct ingress), OIP v2 JSON decoding with schema
       validation, preprocessing, dynamic batching, monitoring capture (sample rate 1) and metrics.
 
-Two models: a tiny MLP (30 -> 64 -> 2, overhead-bound) and a wider MLP whose one-row forward pass takes about
-1 ms (calibrated on this machine; compute-bound). Every request is one row as an Open Inference Protocol v2 JSON
+Two models: a tiny MLP (30 -> 64 -> 2, overhead-bound) and a wide MLP (30 -> 2048 -> 2048 -> 2) whose one-row
+forward pass takes about 1 ms on the reference machine (`--calibrate` picks the width for another machine). Every request is one row as an Open Inference Protocol v2 JSON
 body (30 FP32 tensors of shape [1]). Load comes from `wrk` with keep-alive connections; each server runs alone
 (the others stopped) and all processes use one torch thread.
 
@@ -310,7 +310,10 @@ def measure(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="loom-bench-serving-"))
-    wide_hidden, wide_ms = calibrate_wide()
+    if args.calibrate:
+        wide_hidden, wide_ms = calibrate_wide()
+    else:
+        wide_hidden, wide_ms = [args.wide_width] * 2, _forward_ms([args.wide_width] * 2)
     tiny_ms = _forward_ms([64])
     print(f"tiny MLP 30-64-2: {tiny_ms:.3f} ms per one-row forward; wide MLP 30-{wide_hidden[0]}-{wide_hidden[1]}-2: "
           f"{wide_ms:.3f} ms", flush=True)
@@ -321,7 +324,7 @@ def measure(args: argparse.Namespace) -> dict:
     results: dict = {"models": {"tiny": {"hidden": [64], "forward_ms": tiny_ms},
                                 "wide": {"hidden": wide_hidden, "forward_ms": wide_ms}},
                      "duration_s": args.duration, "runs": {}}
-    plan = {"tiny": args.tiny_clients, "wide": args.wide_clients}
+    plan = {m: levels for m, levels in (("tiny", args.tiny_clients), ("wide", args.wide_clients)) if m in args.models}
     for model, levels in plan.items():
         for kind in args.servers:
             kind_port = free_port() if kind != "c" else port
@@ -392,6 +395,12 @@ def main() -> None:
     parser.add_argument("--tiny-clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32, 256])
     parser.add_argument("--wide-clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64, 256])
     parser.add_argument("--servers", type=lambda s: s.split(","), default=["a", "b", "c"])
+    parser.add_argument("--models", type=lambda s: s.split(","), default=["tiny", "wide"])
+    parser.add_argument("--wide-width", type=int, default=2048,
+                        help="Hidden width of the wide MLP (2048: about 1 ms per one-row forward on the reference "
+                             "machine).")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="Pick the wide width whose one-row forward pass is closest to 1 ms here instead.")
     parser.add_argument("--json", type=Path, help="Also write the raw results here.")
     args = parser.parse_args()
     results = measure(args)
