@@ -49,8 +49,11 @@ def two_nodes(tmp_path_factory):
     env.pop("RAY_ADDRESS", None)
     common = ["--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     logs = tmp_path_factory.mktemp("ray-logs")
+    # Each node's dashboard agent listens on a fixed default port (52365): give every node on this host its own,
+    # or the head's job agent cannot start beside the test session's embedded cluster.
     head = subprocess.Popen([RAY, "start", "--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
-                             "--dashboard-port", str(dash), "--include-dashboard", "true", *common],
+                             "--dashboard-port", str(dash), "--include-dashboard", "true",
+                             "--dashboard-agent-listen-port", str(free_port()), *common],
                             env=env, stdout=open(logs / "head.log", "w"), stderr=subprocess.STDOUT)
     dashboard = f"http://127.0.0.1:{dash}"
     from ray.job_submission import JobSubmissionClient
@@ -60,7 +63,8 @@ def two_nodes(tmp_path_factory):
     except TimeoutError:
         head.kill()
         raise TimeoutError("head node did not come up:\n" + (logs / "head.log").read_text()[-3000:]) from None
-    worker = subprocess.Popen([RAY, "start", "--address", f"127.0.0.1:{gcs}", *common], env=env,
+    worker = subprocess.Popen([RAY, "start", "--address", f"127.0.0.1:{gcs}",
+                               "--dashboard-agent-listen-port", str(free_port()), *common], env=env,
                               stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT)
 
     from ray.util.state import list_nodes
