@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ._version import __version__
@@ -99,7 +100,7 @@ class LoomGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LoomError as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
             sys.exit(1)
 
 

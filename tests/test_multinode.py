@@ -45,7 +45,10 @@ def two_nodes(tmp_path_factory):
     previous = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "token"
     gcs, dash = free_port(), free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    # Not the embedded cluster's Serve ingress settings (this process set them for its own cluster: HAProxy's
+    # stats/metrics ports are taken there); a `ray start` cluster uses what its operator exports.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+    env.update(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     common = ["--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     logs = tmp_path_factory.mktemp("ray-logs")
