@@ -7,16 +7,18 @@
 
 Two models: a tiny MLP (30 -> 64 -> 2, overhead-bound) and a wide MLP (30 -> 2048 -> 2048 -> 2) whose one-row
 forward pass takes about 1 ms on the reference machine (`--calibrate` picks the width for another machine). Every request is one row as an Open Inference Protocol v2 JSON
-body (30 FP32 tensors of shape [1]). Load comes from `wrk` with keep-alive connections; each server runs alone
-(the others stopped) and all processes use one torch thread.
+body (30 FP32 tensors of shape [1]). Load comes from `wrk` with keep-alive connections. The servers of a model
+run side by side and are measured in interleaved rounds (the median round is reported); while one is measured the
+others are stopped with SIGSTOP, so idle Ray clusters take no CPU from it. Every process uses one torch thread.
 
     apt-get install -y wrk        # Debian/Ubuntu; `brew install wrk` on macOS
-    .venv/bin/python bench/bench_serving.py [--duration 8] [--json results.json]
+    .venv/bin/python bench/bench_serving.py [--duration 5] [--rounds 3] [--json results.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -264,6 +266,29 @@ class Server:
         self._wait_http()
         return self
 
+    def _processes(self) -> list:
+        import psutil
+
+        root = psutil.Process(self.proc.pid)
+        return [root, *root.children(recursive=True)]
+
+    def freeze(self) -> None:
+        """Stop every process of the server (SIGSTOP) so that it takes no CPU while another server is measured."""
+        for p in self._processes():
+            with contextlib.suppress(Exception):
+                p.suspend()
+
+    @contextlib.contextmanager
+    def running(self):
+        for p in reversed(self._processes()):
+            with contextlib.suppress(Exception):
+                p.resume()
+        time.sleep(1)  # timers that fired while stopped settle before measuring
+        try:
+            yield
+        finally:
+            self.freeze()
+
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time used so far by the server and every process it started, by kind of process."""
         import psutil
@@ -294,12 +319,24 @@ class Server:
         raise TimeoutError(f"{self.url} did not answer")
 
     def __exit__(self, *exc) -> None:
+        for p in reversed(self._processes()):
+            with contextlib.suppress(Exception):
+                p.resume()
         self.proc.terminate()  # Ray servers shut Serve and their cluster down, HAProxy included
         try:
             self.proc.wait(90)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def _measure(server: Server, url: str, body: Path, clients: int, duration: int) -> dict:
+    before = server.cpu_seconds()
+    r = run_wrk(url, body, clients, duration)
+    used = {k: (v - before.get(k, 0.0)) / max(r["requests"], 1) * 1e6 for k, v in server.cpu_seconds().items()}
+    r["cpu_us_per_request"] = sum(used.values())
+    r["cpu_us_by_process"] = {k: round(v) for k, v in sorted(used.items())}
+    return r
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -326,29 +363,36 @@ def measure(args: argparse.Namespace) -> dict:
                      "duration_s": args.duration, "runs": {}}
     plan = {m: levels for m, levels in (("tiny", args.tiny_clients), ("wide", args.wide_clients)) if m in args.models}
     for model, levels in plan.items():
-        for kind in args.servers:
-            kind_port = free_port() if kind != "c" else port
-            server_args = [str(root)] if kind == "c" else [str(root), model, str(kind_port)]
-            url = f"http://127.0.0.1:{kind_port}/v2/models/{model}/infer"
-            with Server(kind, server_args, url, work) as server:
+        with contextlib.ExitStack() as stack:
+            servers: dict[str, tuple[Server, str]] = {}
+            for kind in args.servers:
+                kind_port = free_port() if kind != "c" else port
+                server_args = [str(root)] if kind == "c" else [str(root), model, str(kind_port)]
+                url = f"http://127.0.0.1:{kind_port}/v2/models/{model}/infer"
+                server = stack.enter_context(Server(kind, server_args, url, work))
                 run_wrk(url, body, 8, 2)  # warm-up
-                before = server.cpu_seconds()
-                time.sleep(args.duration)
-                idle = {k: v - before.get(k, 0.0) for k, v in server.cpu_seconds().items()}
-                results.setdefault("idle_cpu_share", {}).setdefault(model, {})[kind] = round(
-                    sum(idle.values()) / args.duration, 3)
-                for clients in levels:
+                server.freeze()
+                servers[kind] = (server, url)
+            for kind, (server, _) in servers.items():
+                with server.running():
                     before = server.cpu_seconds()
-                    r = run_wrk(url, body, clients, args.duration)
-                    used = {k: (v - before.get(k, 0.0)) / max(r["requests"], 1) * 1e6
-                            for k, v in server.cpu_seconds().items()}
-                    r["cpu_us_per_request"] = sum(used.values())
-                    r["cpu_us_by_process"] = {k: round(v) for k, v in sorted(used.items())}
+                    time.sleep(args.duration)
+                    idle = sum(server.cpu_seconds().values()) - sum(before.values())
+                results.setdefault("idle_cpu_share", {}).setdefault(model, {})[kind] = round(idle / args.duration, 3)
+            for clients in levels:
+                rounds: dict[str, list[dict]] = {kind: [] for kind in servers}
+                for _ in range(args.rounds):  # interleaved, so that the machine's background load hits all alike
+                    for kind, (server, url) in servers.items():
+                        with server.running():
+                            rounds[kind].append(_measure(server, url, body, clients, args.duration))
+                for kind, runs in rounds.items():
+                    r = sorted(runs, key=lambda x: x["rps"])[len(runs) // 2]  # the median round
+                    r["rounds_rps"] = [round(x["rps"]) for x in runs]
                     results["runs"].setdefault(model, {}).setdefault(kind, {})[clients] = r
                     print(f"{model:<5} {SERVERS[kind]:<19} {clients:>4} clients: {r['rps']:8.0f} req/s  "
                           f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:8.2f} ms  timeouts {r['timeouts']}  "
                           f"non-2xx {r['non_2xx']}  server CPU {r['cpu_us_per_request']:6.0f} us/req "
-                          f"{r['cpu_us_by_process']}", flush=True)
+                          f"{r['cpu_us_by_process']}  rounds {r['rounds_rps']}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     return results
 
@@ -391,7 +435,9 @@ def main() -> None:
             serve_loom(Path(rest[0]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=8, help="Seconds per measurement.")
+    parser.add_argument("--duration", type=int, default=5, help="Seconds per measurement.")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="Interleaved measurements of each server per level; the median round is reported.")
     parser.add_argument("--tiny-clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32, 256])
     parser.add_argument("--wide-clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64, 256])
     parser.add_argument("--servers", type=lambda s: s.split(","), default=["a", "b", "c"])
