@@ -5,7 +5,7 @@
   (c) Loom's full path: Ray Serve with Loom's ingress (HAProxy, direct ingress), OIP v2 JSON decoding with schema
       validation, preprocessing, dynamic batching, monitoring capture (sample rate 1) and metrics.
 
-Two models: a tiny MLP (30 -> 64 -> 2, overhead-bound) and a wide MLP (30 -> 2048 -> 2048 -> 2) whose one-row
+Two models: a tiny MLP (30 -> 64 -> 2, overhead-bound) and a wide MLP (30 -> 2304 -> 2304 -> 2) whose one-row
 forward pass takes about 1 ms on the reference machine (`--calibrate` picks the width for another machine). Every request is one row as an Open Inference Protocol v2 JSON
 body (30 FP32 tensors of shape [1]). Load comes from `wrk` with keep-alive connections. The servers of a model
 run side by side and are measured in interleaved rounds (the median round is reported); while one is measured the
@@ -442,8 +442,8 @@ def main() -> None:
     parser.add_argument("--wide-clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64, 256])
     parser.add_argument("--servers", type=lambda s: s.split(","), default=["a", "b", "c"])
     parser.add_argument("--models", type=lambda s: s.split(","), default=["tiny", "wide"])
-    parser.add_argument("--wide-width", type=int, default=2048,
-                        help="Hidden width of the wide MLP (2048: about 1 ms per one-row forward on the reference "
+    parser.add_argument("--wide-width", type=int, default=2304,
+                        help="Hidden width of the wide MLP (2304: about 1.1 ms per one-row forward on the reference "
                              "machine).")
     parser.add_argument("--calibrate", action="store_true",
                         help="Pick the wide width whose one-row forward pass is closest to 1 ms here instead.")
