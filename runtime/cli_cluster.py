@@ -49,7 +49,12 @@ def submit(project: str, address: str | None, stage: str, state_dir: str | None,
         return
     status = _follow(client, job_id)
     if status != "SUCCEEDED":
-        raise LoomError(f"job {job_id} ended {status}: {client.get_job_info(job_id).message or ''}".strip())
+        message = client.get_job_info(job_id).message or ""
+        if "loom: not found" in client.get_job_logs(job_id):
+            raise LoomError(f"job {job_id} ended {status}: the head node has no `loom` command on PATH. Install "
+                            "Loom in the nodes' Python environment and start `ray start` from it (an activated "
+                            "venv, or a Ray image with Loom installed).")
+        raise LoomError(f"job {job_id} ended {status}: {message}".strip())
     click.echo(job_id)
 
 

@@ -49,6 +49,9 @@ def two_nodes(tmp_path_factory):
     # stats/metrics ports are taken there); a `ray start` cluster uses what its operator exports.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
     env.update(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+    # As an operator starts nodes: from the environment Loom is installed in (an activated venv puts `loom` on
+    # PATH; a job's entrypoint runs with the node's PATH). pytest itself may run as `.venv/bin/python -m pytest`.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.pop("RAY_ADDRESS", None)
     common = ["--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     logs = tmp_path_factory.mktemp("ray-logs")
