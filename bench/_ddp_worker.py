@@ -23,15 +23,16 @@ def main(data_path: str, config_path: str) -> None:
     model = DistributedDataParallel(build_model(config))
     opt = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
     gen = torch.Generator().manual_seed(config["seed"])
-    epochs = []
+    epochs, ends = [], []
     for _ in range(config["epochs"]):
         started = time.perf_counter()
         train_epoch(model, opt, t["x_train"], t["y_train"], batch_size=config["batch_size"], generator=gen,
                     rank=rank, world_size=world)
         evaluate(model, t["x_val"], t["y_val"])
         epochs.append(time.perf_counter() - started)
+        ends.append(time.time())
     if rank == 0:
-        print("EPOCHS " + json.dumps(epochs), flush=True)
+        print("EPOCHS " + json.dumps({"epochs": epochs, "ends": ends}), flush=True)
     dist.destroy_process_group()
 
 

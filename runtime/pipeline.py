@@ -74,7 +74,7 @@ def _git_commit(path: Any) -> str | None:
 def _log_epoch(tracker: Tracker, run_id: str, metrics: dict[str, Any]) -> int:
     """Record one epoch's numeric metrics at step = epoch; return the epoch."""
     epoch = int(metrics["epoch"])
-    values = {k: v for k, v in metrics.items() if k != "epoch" and isinstance(v, (int, float))
+    values = {k: v for k, v in metrics.items() if k not in ("epoch", "timestamp") and isinstance(v, (int, float))
               and not isinstance(v, bool)}
     tracker.log_metrics(run_id, values, step=epoch)
     return epoch

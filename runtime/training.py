@@ -154,7 +154,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                            generator=gen, rank=rank, world_size=world)
         metrics = {"epoch": epoch + 1, "train_loss": loss, **evaluate(model, t["x_val"], t["y_val"]),
                    "epoch_seconds": time.perf_counter() - started,
-                   "samples_per_second": len(t["x_train"]) / max(time.perf_counter() - started, 1e-9)}
+                   "samples_per_second": len(t["x_train"]) / max(time.perf_counter() - started, 1e-9),
+                   "timestamp": time.time()}
         history.append(metrics)
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
