@@ -34,9 +34,27 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
             # The dashboard (bound to loopback) backs Ray's state and jobs APIs, which Ray Train uses.
             # address="local": always a new cluster, never one a `ray start` on this host left in
             # /tmp/ray/ray_current_cluster (plain ray.init() would join that one, or fail if it is gone).
-            ray.init(address="local", num_cpus=num_cpus or max(os.cpu_count() or 1, 4), include_dashboard=True,
-                     dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **common)
+            # Ray's state API (which Ray Train's controller and its placement-group cleaner call from inside the
+            # cluster) finds its server through RAY_API_SERVER_ADDRESS, else RAY_ADDRESS, else the last `ray start`
+            # cluster recorded in /tmp/ray/ray_current_cluster, which may be gone or another cluster: each call then
+            # waits out a 10 s timeout (12 s added to every training run). Set it, before the cluster starts so
+            # that every process of the cluster inherits it, to this cluster's own dashboard.
+            port = _free_port()
+            os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+            context = ray.init(address="local", num_cpus=num_cpus or max(os.cpu_count() or 1, 4),
+                               include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                               _node_ip_address="127.0.0.1", **common)
+            if context.dashboard_url and not context.dashboard_url.endswith(f":{port}"):
+                os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{context.dashboard_url}"  # the port was taken
     return dict(ray.cluster_resources())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def project_runtime_env(project: Any) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def two_nodes(tmp_path_factory):
     gcs, dash = free_port(), free_port()
     # Not the embedded cluster's Serve ingress settings (this process set them for its own cluster: HAProxy's
     # stats/metrics ports are taken there); a `ray start` cluster uses what its operator exports.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_") and k != "RAY_API_SERVER_ADDRESS"}
     env.update(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
     # As an operator starts nodes: from the environment Loom is installed in (an activated venv puts `loom` on
     # PATH; a job's entrypoint runs with the node's PATH). pytest itself may run as `.venv/bin/python -m pytest`.
