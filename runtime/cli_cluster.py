@@ -20,10 +20,18 @@ def _client(address: str | None):
     from ray.job_submission import JobSubmissionClient
 
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or "http://127.0.0.1:8265"
+    # Ray's client prefers RAY_API_SERVER_ADDRESS over the address it is given: make --address win.
+    previous = os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ["RAY_API_SERVER_ADDRESS"] = address
     try:
         return JobSubmissionClient(address)
     except Exception as err:  # noqa: BLE001 - connection errors come in many types
         raise LoomError(f"cannot reach the Ray Jobs API at {address}: {err}") from None
+    finally:
+        if previous is None:
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = previous
 
 
 @click.command()

@@ -4,6 +4,7 @@ on both nodes, and serving must keep answering after the second node is stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -23,6 +24,21 @@ LOOM = str(Path(sys.executable).parent / "loom")
 RECORD = [{"tenure_months": 3, "monthly_charges": 89.5, "total_charges": 268.5, "support_calls": 4,
            "paperless_billing": True, "contract": "month-to-month", "internet_service": "fiber",
            "payment_method": "electronic-check"}]
+
+
+@contextlib.contextmanager
+def _talking_to(dashboard: str):
+    """Ray's state and jobs clients prefer RAY_API_SERVER_ADDRESS over the address they are given, and this process
+    has it set for the test session's embedded cluster (runtime.connect): point it at the two-node cluster."""
+    previous = os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ["RAY_API_SERVER_ADDRESS"] = dashboard
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = previous
 
 
 def _wait(predicate, timeout: float, what: str):
@@ -65,7 +81,8 @@ def two_nodes(tmp_path_factory):
     from ray.job_submission import JobSubmissionClient
 
     try:
-        _wait(lambda: JobSubmissionClient(dashboard).get_version(), 180, "the head node")
+        with _talking_to(dashboard):
+            _wait(lambda: JobSubmissionClient(dashboard).get_version(), 180, "the head node")
     except TimeoutError:
         head.kill()
         raise TimeoutError("head node did not come up:\n" + (logs / "head.log").read_text()[-3000:]) from None
@@ -75,7 +92,8 @@ def two_nodes(tmp_path_factory):
 
     from ray.util.state import list_nodes
 
-    _wait(lambda: len([n for n in list_nodes(address=dashboard) if n.state == "ALIVE"]) == 2, 180, "two nodes")
+    with _talking_to(dashboard):
+        _wait(lambda: len([n for n in list_nodes(address=dashboard) if n.state == "ALIVE"]) == 2, 180, "two nodes")
     yield {"dashboard": dashboard, "gcs": f"127.0.0.1:{gcs}", "env": env, "head": head, "worker": worker}
     for proc in (worker, head):
         proc.terminate()
@@ -92,7 +110,9 @@ def two_nodes(tmp_path_factory):
 def _actors(dashboard: str, class_prefix: str, state: str) -> list:
     from ray.util.state import list_actors
 
-    return [a for a in list_actors(address=dashboard, detail=True, limit=10_000)
+    with _talking_to(dashboard):
+        found = list_actors(address=dashboard, detail=True, limit=10_000)
+    return [a for a in found
             if a.class_name.startswith(class_prefix) and a.state == state]
 
 
