@@ -55,19 +55,32 @@ def run_once(env_extra: dict[str, str]) -> dict[str, float]:
     subprocess.run([sys.executable, "generate_data.py"], cwd=work / "qs", check=True, capture_output=True)
     port = free_port()
     env = {**os.environ, **env_extra}
+    log = work / "up.log"
     started = time.monotonic()
     # A shell's background job inherits SIGINT ignored; restore it so the child's Ctrl-C handling is what runs.
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "up", str(work / "qs"), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         done = first_prediction(f"http://127.0.0.1:{port}", started + 300)
-    finally:
+        while "Serving" not in log.read_text() and proc.poll() is None:  # Ctrl-C once it serves, not mid-deploy
+            time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
+        stop = time.monotonic()
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            print(f"loom up did not stop on Ctrl-C within 120 s:\n{log.read_text()[-2000:]}", file=sys.stderr)
+        stopped = time.monotonic() - stop
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out = log.read_text()
         shutil.rmtree(work, ignore_errors=True)
     stages = {m[0]: float(m[1]) for m in re.findall(r"✓ (\w+)\s+([\d.]+)s", out)}
-    return {**stages, "first_prediction": round(done - started, 2), "exit_code": proc.returncode}
+    return {**stages, "first_prediction": round(done - started, 2), "stop": round(stopped, 2),
+            "exit_code": proc.returncode}
 
 
 def main() -> None:
@@ -79,7 +92,7 @@ def main() -> None:
     for _ in range(args.runs):
         for name, env in configs.items():  # interleaved so both see the same machine load
             results[name].append(run_once(env))
-    cols = ["ingest", "validate", "features", "cluster", "train", "register", "deploy", "first_prediction"]
+    cols = ["ingest", "validate", "features", "cluster", "train", "register", "deploy", "first_prediction", "stop"]
     print("| configuration | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for name, runs in results.items():

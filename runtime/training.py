@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -240,9 +241,15 @@ def run_training(
     thread = threading.Thread(target=pump, daemon=True) if on_epoch else None
     if thread:
         thread.start()
+    # Ray Train's fit() installs a SIGINT handler (Ctrl-C aborts the run gracefully) and never restores it: the
+    # process would then ignore Ctrl-C for good, e.g. `loom up` while it serves. Put the previous one back.
+    previous_sigint = (signal.getsignal(signal.SIGINT)
+                       if threading.current_thread() is threading.main_thread() else None)
     try:
         result = trainer.fit()
     finally:
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
         done.set()
         if thread:
             thread.join(timeout=5)
