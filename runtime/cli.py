@@ -39,10 +39,11 @@ def _project(path: str, **serving: Any) -> Project:
 
 def _serve_forever(project: Project, url: str) -> None:
     model = project.config.model.name
-    out.print(f"\n[bold green]Serving[/] {model} at {url}  (Ctrl-C to stop)\nTry it:\n")
-    out.print(f"  {_curl_example(project, url)}\n", soft_wrap=True, highlight=False)
-    out.print(f"  curl -s {url}/v2/models/{model}\n", soft_wrap=True, highlight=False)
-    try:
+    try:  # Ctrl-C from here on, even while the example is built, stops serving cleanly
+        example = _curl_example(project, url)
+        out.print(f"\n[bold green]Serving[/] {model} at {url}  (Ctrl-C to stop)\nTry it:\n")
+        out.print(f"  {example}\n", soft_wrap=True, highlight=False)
+        out.print(f"  curl -s {url}/v2/models/{model}\n", soft_wrap=True, highlight=False)
         # Short sleeps: Ray's threads can receive the SIGINT, and Python then only raises KeyboardInterrupt once
         # the main thread runs bytecode again, so one long sleep would ignore Ctrl-C for up to its length.
         while True:
