@@ -37,7 +37,7 @@ from fastapi import Request
 ROOT = Path(__file__).resolve().parents[1]
 N_INPUTS = 30
 COLUMNS = [f"x{i}" for i in range(N_INPUTS)]
-SERVERS = {"a": "uvicorn+FastAPI", "b": "Ray Serve defaults", "c": "Loom full path"}
+SERVERS = {"a": "uvicorn+FastAPI", "b": "Ray Serve defaults", "c": "Loom full path", "d": "Loom, capture off"}
 
 
 def free_port() -> int:
@@ -82,7 +82,8 @@ def calibrate_wide(target_ms: float = 1.0) -> tuple[list[int], float]:
     return best[1], best[2]
 
 
-def make_project(work: Path, port: int, wide_hidden: list[int]) -> Path:
+def make_project(work: Path, port: int, wide_hidden: list[int], *, sample_rate: float = 1.0,
+                 folder: str = "bench-project") -> Path:
     """A Loom project whose registry holds ``tiny`` and ``wide`` (random weights, standardised inputs)."""
     import numpy as np
     import pandas as pd
@@ -93,14 +94,14 @@ def make_project(work: Path, port: int, wide_hidden: list[int]) -> Path:
     from runtime.config import ColumnSpec
     from runtime.model import ModelBundle, Preprocessor, TabularMLP
 
-    root = work / "bench-project"
+    root = work / folder
     root.mkdir()
     columns = {"id": {"type": "int"}, "ts": {"type": "timestamp"}, "y": {"type": "bool"},
                **{c: {"type": "float", "nullable": False} for c in COLUMNS}}
     cfg = {"name": "bench-serving", "data": {"source": "csv://unused.csv", "entity": "id", "timestamp": "ts",
                                              "label": "y", "columns": columns},
            "model": {"name": "tiny"}, "serving": {"port": port, "replica_cpus": 1},
-           "monitoring": {"sample_rate": 1.0, "window": 1000}}
+           "monitoring": {"sample_rate": sample_rate, "window": 1000}}
     (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     project = load_project(root)
     rng = np.random.default_rng(0)
@@ -356,6 +357,8 @@ def measure(args: argparse.Namespace) -> dict:
           f"{wide_ms:.3f} ms", flush=True)
     port = free_port()
     root = make_project(work, port, wide_hidden)
+    port_d = free_port()  # (d): the same project and weights with capture off (monitoring.sample_rate 0)
+    root_d = make_project(work, port_d, wide_hidden, sample_rate=0.0, folder="bench-project-no-capture")
     body = work / "body.json"
     body.write_bytes(request_body())
     results: dict = {"models": {"tiny": {"hidden": [64], "forward_ms": tiny_ms},
@@ -366,8 +369,9 @@ def measure(args: argparse.Namespace) -> dict:
         with contextlib.ExitStack() as stack:
             servers: dict[str, tuple[Server, str]] = {}
             for kind in args.servers:
-                kind_port = free_port() if kind != "c" else port
-                server_args = [str(root)] if kind == "c" else [str(root), model, str(kind_port)]
+                kind_port = {"c": port, "d": port_d}.get(kind) or free_port()
+                server_args = ([str(root)] if kind == "c" else [str(root_d)] if kind == "d"
+                               else [str(root), model, str(kind_port)])
                 url = f"http://127.0.0.1:{kind_port}/v2/models/{model}/infer"
                 server = stack.enter_context(Server(kind, server_args, url, work))
                 run_wrk(url, body, 8, 2)  # warm-up
@@ -412,6 +416,12 @@ def report(results: dict) -> str:
                 lines.append(f"| {model} | {clients} | ({kind}) {SERVERS[kind]} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
                              f"{r['p99_ms']:.2f} | {r['timeouts']} | {r['non_2xx']} | "
                              f"{r['cpu_us_per_request']:,.0f} us | {ratio} |")
+    for model, by_kind in results["runs"].items():  # capture's cost on the full path, round by round
+        on, off = by_kind.get("c", {}), by_kind.get("d", {})
+        for clients in sorted(set(on) & set(off)):
+            paired = [a / b for a, b in zip(on[clients]["rounds_rps"], off[clients]["rounds_rps"])]
+            lines.append(f"\ncapture on / off, {model}, {clients} clients: {on[clients]['rps'] / off[clients]['rps']:.3f}x "
+                         f"(medians); round by round {' / '.join(f'{x:.3f}' for x in paired)}")
     idle = results.get("idle_cpu_share", {})
     for model, by_kind in idle.items():
         shares = ", ".join(f"({k}) {v:.0%}" for k, v in by_kind.items())
@@ -431,7 +441,7 @@ def main() -> None:
             serve_plain(Path(rest[0]), rest[1], int(rest[2]))
         elif kind == "b":
             serve_ray_defaults(Path(rest[0]), rest[1], int(rest[2]))
-        else:
+        else:  # c and d: Loom, with the project given
             serve_loom(Path(rest[0]))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -440,7 +450,8 @@ def main() -> None:
                         help="Interleaved measurements of each server per level; the median round is reported.")
     parser.add_argument("--tiny-clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32, 256])
     parser.add_argument("--wide-clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64, 256])
-    parser.add_argument("--servers", type=lambda s: s.split(","), default=["a", "b", "c"])
+    parser.add_argument("--servers", type=lambda s: s.split(","), default=["a", "b", "c"],
+                        help="a: uvicorn+FastAPI, b: Ray Serve defaults, c: Loom, d: Loom with capture off.")
     parser.add_argument("--models", type=lambda s: s.split(","), default=["tiny", "wide"])
     parser.add_argument("--wide-width", type=int, default=2304,
                         help="Hidden width of the wide MLP (2304: about 1.1 ms per one-row forward on the reference "

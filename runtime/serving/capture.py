@@ -15,10 +15,14 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .protocol import Columns
 
@@ -45,26 +49,55 @@ class Sample:
     predicted: list[Any]
 
 
+def _columns(samples: list[Sample]) -> dict[str, Any]:
+    """Samples (of one model version) column by column: the :data:`META` columns and the inputs. One-row requests
+    (the common case) take a path without per-sample repeats; arrays are concatenated once per column."""
+    inputs = list(samples[0].cols)
+    counts = [len(s.predicted) for s in samples]
+    one_row = all(n == 1 for n in counts)
+
+    def repeated(values: list[Any]) -> list[Any]:
+        return values if one_row else [v for v, n in zip(values, counts) for _ in range(n)]
+
+    out: dict[str, Any] = {
+        "request_id": repeated([s.request_id for s in samples]),
+        "row": [0] * len(samples) if one_row else [i for n in counts for i in range(n)],
+        "ts": repeated([s.ts for s in samples]),
+        "version": repeated([s.version for s in samples]),
+        "latency_ms": repeated([s.latency_ms for s in samples]),
+    }
+    for c in inputs:
+        values = [s.cols[c] for s in samples]
+        if all(isinstance(v, np.ndarray) for v in values):
+            out[c] = np.concatenate(values)
+        else:
+            out[c] = list(chain.from_iterable(v.tolist() if isinstance(v, np.ndarray) else v for v in values))
+    out["prediction"] = list(chain.from_iterable(s.predicted for s in samples))
+    return out
+
+
 def frames(samples: list[Sample]) -> pd.DataFrame:
-    """Samples (of one model version) as rows: the :data:`META` columns and the inputs, built column by column."""
+    """Samples (of one model version) as rows: the :data:`META` columns and the inputs."""
     if not samples:
         return pd.DataFrame(columns=list(META))
-    inputs = list(samples[0].cols)
-    out: dict[str, list[Any]] = {k: [] for k in (*META[:-1], *inputs, "prediction")}
-    for s in samples:
-        n = len(s.predicted)
-        out["request_id"] += [s.request_id] * n
-        out["row"] += range(n)
-        out["ts"] += [s.ts] * n
-        out["version"] += [s.version] * n
-        out["latency_ms"] += [s.latency_ms] * n
-        for c in inputs:
-            values = s.cols[c]
-            out[c] += values.tolist() if hasattr(values, "tolist") else values
-        out["prediction"] += s.predicted
-    frame = pd.DataFrame(out)
+    frame = pd.DataFrame(_columns(samples))
     frame["ts"] = pd.to_datetime(frame["ts"], unit="s", utc=True)
     return frame
+
+
+def _table(samples: list[Sample]) -> pa.Table:
+    """Samples as an Arrow table for the store, without going through pandas (the same schema as :func:`frames`
+    gives; a column Arrow cannot type on its own, e.g. mixed strings and numbers, goes through pandas)."""
+    cols = _columns(samples)
+    ts = np.asarray(cols.pop("ts"), dtype=np.float64)
+    arrays = {"request_id": pa.array(cols.pop("request_id"), pa.string()), "row": pa.array(cols.pop("row"), pa.int64()),
+              "ts": pa.array(np.round(ts * 1e6).astype(np.int64) * 1000, pa.timestamp("ns", tz="UTC"))}  # to the us
+    for name, values in cols.items():
+        try:
+            arrays[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arrays[name] = pa.Array.from_pandas(pd.Series(values))
+    return pa.table(arrays)
 
 
 class CaptureStore:
@@ -112,7 +145,7 @@ class CaptureStore:
             groups.setdefault((s.model, s.version), []).append(s)
         for (model, version), group in groups.items():
             try:
-                self._write(self.root / f"model={model}" / f"version={version}", frames(group))
+                self._write(self.root / f"model={model}" / f"version={version}", _table(group))
                 self.written += len(group)
                 self._on_write(len(group))
             except Exception:  # noqa: BLE001 - capture must never take the replica down
@@ -127,13 +160,16 @@ class CaptureStore:
             except Exception:  # noqa: BLE001
                 log.exception("capture store: could not write %d feedback labels of %s", len(labels), model)
 
-    def _write(self, base: Path, frame: pd.DataFrame) -> None:
+    def _write(self, base: Path, data: pd.DataFrame | pa.Table) -> None:
         day = time.strftime("%Y-%m-%d", time.gmtime())
         path = base / f"date={day}"
         path.mkdir(parents=True, exist_ok=True)
         self._seq += 1
         tmp = path / f".part-{self.tag}-{self._seq:08d}.tmp"
-        frame.to_parquet(tmp, index=False)
+        if isinstance(data, pa.Table):
+            pq.write_table(data, tmp)
+        else:
+            data.to_parquet(tmp, index=False)
         tmp.rename(path / f"part-{int(time.time() * 1000)}-{self.tag}-{self._seq:08d}.parquet")
 
     def _run(self) -> None:
