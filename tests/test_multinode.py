@@ -73,38 +73,38 @@ def two_nodes(tmp_path_factory):
     logs = tmp_path_factory.mktemp("ray-logs")
     # Each node's dashboard agent listens on a fixed default port (52365): give every node on this host its own,
     # or the head's job agent cannot start beside the test session's embedded cluster.
-    head = subprocess.Popen([RAY, "start", "--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
-                             "--dashboard-port", str(dash), "--include-dashboard", "true",
-                             "--dashboard-agent-listen-port", str(free_port()), *common],
-                            env=env, stdout=open(logs / "head.log", "w"), stderr=subprocess.STDOUT)
-    dashboard = f"http://127.0.0.1:{dash}"
-    from ray.job_submission import JobSubmissionClient
-
+    nodes: list[subprocess.Popen] = []
     try:
+        nodes.append(subprocess.Popen([RAY, "start", "--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
+                                       "--dashboard-port", str(dash), "--include-dashboard", "true",
+                                       "--dashboard-agent-listen-port", str(free_port()), *common],
+                                      env=env, stdout=open(logs / "head.log", "w"), stderr=subprocess.STDOUT))
+        dashboard = f"http://127.0.0.1:{dash}"
+        from ray.job_submission import JobSubmissionClient
+        from ray.util.state import list_nodes
+
         with _talking_to(dashboard):
-            _wait(lambda: JobSubmissionClient(dashboard).get_version(), 180, "the head node")
-    except TimeoutError:
-        head.kill()
-        raise TimeoutError("head node did not come up:\n" + (logs / "head.log").read_text()[-3000:]) from None
-    worker = subprocess.Popen([RAY, "start", "--address", f"127.0.0.1:{gcs}",
-                               "--dashboard-agent-listen-port", str(free_port()), *common], env=env,
-                              stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT)
-
-    from ray.util.state import list_nodes
-
-    with _talking_to(dashboard):
-        _wait(lambda: len([n for n in list_nodes(address=dashboard) if n.state == "ALIVE"]) == 2, 180, "two nodes")
-    yield {"dashboard": dashboard, "gcs": f"127.0.0.1:{gcs}", "env": env, "head": head, "worker": worker}
-    for proc in (worker, head):
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    if previous is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = previous
+            try:
+                _wait(lambda: JobSubmissionClient(dashboard).get_version(), 180, "the head node")
+            except TimeoutError:
+                raise TimeoutError("head node did not come up:\n" + (logs / "head.log").read_text()[-3000:]) from None
+            nodes.append(subprocess.Popen([RAY, "start", "--address", f"127.0.0.1:{gcs}",
+                                           "--dashboard-agent-listen-port", str(free_port()), *common], env=env,
+                                          stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT))
+            _wait(lambda: len([n for n in list_nodes(address=dashboard) if n.state == "ALIVE"]) == 2, 180,
+                  "two nodes")
+        yield {"dashboard": dashboard, "gcs": f"127.0.0.1:{gcs}", "env": env, "head": nodes[0], "worker": nodes[1]}
+    finally:  # also when setup fails: never leave a cluster running behind the test session
+        for proc in reversed(nodes):
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if previous is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = previous
 
 
 def _actors(dashboard: str, class_prefix: str, state: str) -> list:
