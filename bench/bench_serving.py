@@ -83,7 +83,7 @@ def calibrate_wide(target_ms: float = 1.0) -> tuple[list[int], float]:
 
 
 def make_project(work: Path, port: int, wide_hidden: list[int], *, sample_rate: float = 1.0,
-                 folder: str = "bench-project") -> Path:
+                 folder: str = "bench-project", monitoring: dict | None = None) -> Path:
     """A Loom project whose registry holds ``tiny`` and ``wide`` (random weights, standardised inputs)."""
     import numpy as np
     import pandas as pd
@@ -101,7 +101,7 @@ def make_project(work: Path, port: int, wide_hidden: list[int], *, sample_rate: 
     cfg = {"name": "bench-serving", "data": {"source": "csv://unused.csv", "entity": "id", "timestamp": "ts",
                                              "label": "y", "columns": columns},
            "model": {"name": "tiny"}, "serving": {"port": port, "replica_cpus": 1},
-           "monitoring": {"sample_rate": sample_rate, "window": 1000, "interval_s": None}}
+           "monitoring": {"sample_rate": sample_rate, "window": 1000, "interval_s": None, **(monitoring or {})}}
     (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     project = load_project(root)
     rng = np.random.default_rng(0)
@@ -356,7 +356,8 @@ def measure(args: argparse.Namespace) -> dict:
     print(f"tiny MLP 30-64-2: {tiny_ms:.3f} ms per one-row forward; wide MLP 30-{wide_hidden[0]}-{wide_hidden[1]}-2: "
           f"{wide_ms:.3f} ms", flush=True)
     port = free_port()
-    root = make_project(work, port, wide_hidden, sample_rate=args.c_sample_rate)
+    root = make_project(work, port, wide_hidden, sample_rate=args.c_sample_rate,
+                        monitoring=json.loads(args.c_monitoring) if args.c_monitoring else None)
     port_d = free_port()  # (d): the same project and weights with capture off (monitoring.sample_rate 0)
     root_d = make_project(work, port_d, wide_hidden, sample_rate=0.0, folder="bench-project-no-capture")
     body = work / "body.json"
@@ -460,6 +461,8 @@ def main() -> None:
                         help="Pick the wide width whose one-row forward pass is closest to 1 ms here instead.")
     parser.add_argument("--c-sample-rate", type=float, default=1.0,
                         help="monitoring.sample_rate of (c); 0 makes (c) and (d) the same server, an A/A check.")
+    parser.add_argument("--c-monitoring", help="JSON: more monitoring settings for (c), e.g. '{\"store\": null}' to "
+                                               "capture into the drift window only, without the Parquet store.")
     parser.add_argument("--json", type=Path, help="Also write the raw results here.")
     args = parser.parse_args()
     results = measure(args)
