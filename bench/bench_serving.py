@@ -161,6 +161,13 @@ def serve_plain(root: Path, name: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+def _ready_until_terminated() -> None:
+    """Tell the parent the server is up, then serve until SIGTERM (which raises SystemExit here)."""
+    print("READY", flush=True)
+    while True:
+        time.sleep(3600)
+
+
 def serve_ray_defaults(root: Path, name: str, port: int) -> None:
     import ray
     from ray import serve
@@ -179,9 +186,7 @@ def serve_ray_defaults(root: Path, name: str, port: int) -> None:
             pass
 
         serve.run(Baseline.bind(), name="baseline", route_prefix="/")
-        print("READY", flush=True)
-        while True:
-            time.sleep(3600)
+        _ready_until_terminated()
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -199,9 +204,7 @@ def serve_loom(root: Path) -> None:
         project = load_project(root)
         deploy(project, "tiny", "production")
         deploy(project, "wide", "production")
-        print("READY", flush=True)
-        while True:
-            time.sleep(3600)
+        _ready_until_terminated()
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -39,7 +39,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
             # cluster recorded in /tmp/ray/ray_current_cluster, which may be gone or another cluster: each call then
             # waits out a 10 s timeout (12 s added to every training run). Set it, before the cluster starts so
             # that every process of the cluster inherits it, to this cluster's own dashboard.
-            port = _free_port()
+            port = free_port()
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
             context = ray.init(address="local", num_cpus=num_cpus or max(os.cpu_count() or 1, 4),
                                include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
@@ -49,7 +49,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
     return dict(ray.cluster_resources())
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server Loom starts: the dashboard, HAProxy's side ports)."""
     import socket
 
     with socket.socket() as sock:

@@ -2,8 +2,8 @@
 that a background thread fills with every sampled request (Parquet, partitioned by model, version and date).
 
 The request path only draws a random number and, for a sampled request, builds one tuple of its inputs and appends
-it to two deques: no pandas, no I/O, no lock, nothing the garbage collector keeps walking. When the store's buffer is full the sample is dropped and
-counted, so capture never slows or fails a request.
+it to two deques: no pandas, no I/O, no lock, nothing the garbage collector keeps walking. When the store's buffer
+is full the sample is dropped and counted, so capture never slows or fails a request.
 """
 
 from __future__ import annotations
@@ -53,12 +53,6 @@ class Sample(NamedTuple):
     #: one-row request (the common case), the bare value; else a tuple of the values.
     values: tuple[Any, ...]
     predicted: tuple[Any, ...]
-
-    @property
-    def cols(self) -> dict[str, Any]:
-        if len(self.predicted) == 1:
-            return {n: v if type(v) is np.ndarray else [v] for n, v in zip(self.names, self.values)}
-        return dict(zip(self.names, self.values))
 
 
 def _columns(samples: list[Sample]) -> dict[str, Any]:

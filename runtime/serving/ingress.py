@@ -21,10 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import socket
 import stat
 import tempfile
 from pathlib import Path
+
+from ..cluster import free_port
 
 log = logging.getLogger("loom.serving")
 
@@ -60,12 +61,6 @@ def ingress_mode() -> str:
     return mode
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _write_wrapper(binary: str, stats_port: str, metrics_port: str) -> str:
     folder = Path(tempfile.mkdtemp(prefix="loom-haproxy-"))
     path = folder / "haproxy"
@@ -96,7 +91,7 @@ def configure_environment() -> None:
     env.setdefault("RAY_SERVE_HAPROXY_NBTHREAD", str(max(1, min(4, (os.cpu_count() or 2) // 2))))
     # HAProxy learns of a stopping replica within a reload (~0.1 s); Serve's 30 s default drain only slows shutdown.
     env.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "5")
-    stats = env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(_free_port()))
-    metrics = env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(_free_port()))
+    stats = env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+    metrics = env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
     if "RAY_SERVE_HAPROXY_BINARY_PATH" not in env:
         env["RAY_SERVE_HAPROXY_BINARY_PATH"] = _write_wrapper(get_haproxy_binary(), stats, metrics)
