@@ -4,20 +4,27 @@ performance, the HTML report, history and the Prometheus gauges."""
 
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from serving_models import data, oip_inputs, records, register_version
 from test_serving_protocols import ThreadedServer, _free_port
 
 from conftest import make_project
 from runtime import hookimpl
+from runtime.model import Preprocessor
 from runtime.serving.app import LoomApp
 from runtime.serving.capture import Capture, CaptureStore, read_captured, read_feedback
 from runtime.serving.drift import capture_root
+from runtime.serving.encoding import FeatureEncoder
 from runtime.serving.routing import RoutingTable
 from runtime.serving.server import ModelServer
 
@@ -69,6 +76,62 @@ def test_capture_drops_and_counts_when_the_store_is_full(tmp_path: Path):
     assert (store.dropped, len(capture.frame())) == (2, 5)
     store.flush()
     assert len(read_captured(tmp_path, "m")) == 3
+
+
+def _typed_capture(tmp_path: Path) -> tuple[Capture, CaptureStore, FeatureEncoder]:
+    schema = {"f": {"type": "float"}, "n": {"type": "int"}, "b": {"type": "bool"}, "c": {"type": "string"}}
+    pre = Preprocessor(numeric=["f", "n", "b"], categorical={"c": ["a", "b"]}, medians=[0.0] * 3, means=[0.0] * 3,
+                       stds=[1.0] * 3)
+    store = CaptureStore(tmp_path, max_pending=100, flush_s=3600)
+    capture = Capture("m", 1, window=100, sample_rate=1.0, store=store, schema=schema, numeric=tuple(pre.numeric))
+    return capture, store, FeatureEncoder(pre)
+
+
+def test_capture_keeps_every_input_exactly_as_sent(tmp_path: Path):
+    """Numbers the encoder already holds are kept from its matrix; integers, booleans, text and missing values
+    must come back from the store and the window exactly as the requests sent them, whatever their shape."""
+    capture, store, encode = _typed_capture(tmp_path)
+    big = 2 ** 60 + 1  # not representable in float64: integers must not go through the matrix
+    requests = [  # JSON one-row, JSON several rows with nulls, binary tensors (numpy arrays)
+        {"f": [1.5], "n": [big], "b": [None], "c": ["a"]},
+        {"f": [None, 2.0], "n": [3, None], "b": [True, False], "c": ["b", None]},
+        {"f": np.array([7.25]), "n": np.array([5], dtype=np.int64), "b": np.array([True]), "c": ["zz"]},
+    ]
+    for i, cols in enumerate(requests):
+        rows = len(cols["f"])
+        capture.add(cols, [f"p{i}"] * rows, matrix=encode.numeric_matrix(cols), request_id=f"r{i}",
+                    latency_s=0.002)
+    expected = {"request_id": ["r0", "r1", "r1", "r2"], "row": [0, 0, 1, 0], "version": [1] * 4,
+                "latency_ms": [2.0] * 4, "f": [1.5, None, 2.0, 7.25], "n": [big, 3, None, 5],
+                "b": [None, True, False, True], "c": ["a", "b", None, "zz"],
+                "prediction": ["p0", "p1", "p1", "p2"]}
+    store.flush()
+    stored = pq.read_table(next(tmp_path.glob("model=m/version=1/date=*/part-*.parquet")))
+    assert stored.column_names == ["request_id", "row", "ts", "version", "latency_ms", "f", "n", "b", "c",
+                                   "prediction"]
+    assert {c: stored[c].to_pylist() for c in expected} == expected
+    assert (stored.schema.field("f").type, stored.schema.field("n").type, stored.schema.field("b").type) == (
+        pa.float64(), pa.int64(), pa.bool_())
+    window = capture.frame()
+    assert window["f"].tolist()[::2] == [1.5, 2.0] and np.isnan(window["f"][1])
+    assert window["b"].tolist() == [None, True, False, True] and window["c"].tolist() == ["a", "b", None, "zz"]
+    assert [None if pd.isna(v) else int(v) for v in window["n"]][1:] == [3, None, 5]
+
+
+def test_captured_samples_cost_the_garbage_collector_nothing(tmp_path: Path):
+    """Samples live for seconds in the window and the store's buffer: the collector must stop tracking them, or
+    every full collection walks them all (measured: 15% of serving throughput with 30 inputs)."""
+    capture, store, encode = _typed_capture(tmp_path)
+    for i in range(50):
+        cols = {"f": [float(i)], "n": [i], "b": [i % 2 == 0], "c": ["a"]}
+        capture.add(cols, ["p"], matrix=encode.numeric_matrix(cols), request_id=f"r{i}")
+    gc.collect()  # one-row samples (the common case) are flat: the first collection that sees them untracks them
+    assert not any(gc.is_tracked(s) for s in list(store._pending) + list(capture._chunks))
+    cols = {"f": [1.0, 2.0], "n": [1, 2], "b": [True, None], "c": ["a", "b"]}
+    capture.add(cols, ["p", "q"], matrix=encode.numeric_matrix(cols))
+    gc.collect()
+    gc.collect()  # a several-row sample holds tuples: untracked once they are
+    assert not any(gc.is_tracked(s) for s in list(store._pending) + list(capture._chunks))
 
 
 def test_feedback_validates_and_feeds_performance(served):

@@ -257,6 +257,8 @@ def test_mlflow_scoring_formats_agree(client, frame):
     (b"tenure_months\nabc\n", "text/csv", 400, "tenure_months"),
     (b"a,b\n1,2\n", "text/csv", 400, "unknown CSV column"),
     (b"", "text/csv", 400, "empty CSV"),
+    (b"tenure_months\n1\rx\n", "text/csv", 400, "'x' at row 1"),  # a bare CR ends a row (found by fuzzing: a 500)
+    (b"tenure_months\n" + b"1" * 200_000 + b"\n", "text/csv", 400, "malformed CSV"),
     (b"<xml/>", "application/xml", 415, "application/xml"),
 ])
 def test_mlflow_bad_requests(client, body, content_type, status, fragment):

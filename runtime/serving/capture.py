@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,79 +36,108 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-class Sample(NamedTuple):
-    """One sampled request: its inputs, predicted labels and what the store records about it.
+class Layout(NamedTuple):
+    """Where a model version's inputs are in its samples (one per :class:`Capture`, shared by its samples)."""
 
-    A tuple of tuples, strings and numbers on purpose: once the collector has seen it, CPython stops tracking a
-    tuple that holds only such values, so the thousands of samples a window and the store's buffer keep alive cost
-    the garbage collector nothing. (Kept as the request's dict of lists, they made every full collection walk them;
-    measured: capture on cost 15% of the throughput of 30-input requests, nearly all of it there.)"""
+    #: Every input, in the model's schema order (the column order of the store and the window).
+    inputs: tuple[str, ...]
+    #: Inputs read back from the encoder's numeric matrix: ``(name, column in the matrix, "float" or "bool")``.
+    #: Integers are not, so a value beyond 2**53 is stored exactly as it was sent.
+    from_matrix: tuple[tuple[str, int, str], ...]
+    #: The other inputs, kept per sample as the request decoded them.
+    others: tuple[str, ...]
 
-    model: str
-    version: int
-    request_id: str
-    ts: float
-    latency_ms: float
-    names: tuple[str, ...]
-    #: One entry per input: a numpy array (untracked by the collector, kept as the request decoded it), or, for a
-    #: one-row request (the common case), the bare value; else a tuple of the values.
-    values: tuple[Any, ...]
-    predicted: tuple[Any, ...]
+    @classmethod
+    def of(cls, inputs: Any, numeric: tuple[str, ...] = (), types: Mapping[str, str] | None = None) -> Layout:
+        """``inputs`` in order; ``numeric`` the encoder's matrix columns; ``types`` each input's declared type."""
+        types = types or {}
+        from_matrix = tuple((c, j, types[c]) for j, c in enumerate(numeric) if types.get(c) in ("float", "bool"))
+        taken = {c for c, _, _ in from_matrix}
+        return cls(tuple(inputs), from_matrix, tuple(c for c in inputs if c not in taken))
 
 
-def _columns(samples: list[Sample]) -> dict[str, Any]:
-    """Samples (of one model version) column by column: the :data:`META` columns and the inputs. One-row requests
-    (the common case) take a path without per-sample repeats; arrays are concatenated once per column."""
-    inputs = samples[0].names
-    counts = [len(s.predicted) for s in samples]
+#: One sampled request, a flat tuple: ``(model, version, request_id, ts, latency_s, rows, matrix, predicted,
+#: *values)``. ``matrix`` is the encoder's numeric matrix (or None) and ``values`` are the :attr:`Layout.others`
+#: inputs; for a one-row request (the common case) ``predicted`` and each value are bare, else tuples (or the
+#: decoded numpy arrays). Flat and *plain* on purpose: CPython stops tracking a plain tuple of strings, numbers and
+#: arrays the first time the collector sees it, so the thousands of samples the window and the store's buffer keep
+#: alive cost the garbage collector nothing. A NamedTuple (a subclass) is never untracked, and a tuple holding
+#: tuples only at a later collection; measured: with the request's columns kept as they were, every collection
+#: walked them all and capture cost 15% of the throughput of 30-input requests.
+Sample = tuple
+_MODEL, _VERSION, _REQUEST_ID, _TS, _LATENCY_S, _ROWS, _MATRIX, _PREDICTED, _VALUES = range(9)
+
+
+def _columns(samples: list[Sample], layout: Layout) -> dict[str, Any]:
+    """Samples (of one model version) column by column: the :data:`META` columns and the inputs. The samples are
+    transposed in one call; matrix columns are one concatenation; one-row requests (the common case) take a path
+    without per-sample repeats."""
+    fields = list(zip(*samples))  # transposed in C: one tuple per field
+    counts = fields[_ROWS]
     one_row = all(n == 1 for n in counts)
 
-    def repeated(values: list[Any]) -> list[Any]:
+    def repeated(values: tuple[Any, ...]) -> Any:
         return values if one_row else [v for v, n in zip(values, counts) for _ in range(n)]
 
+    def flat(values: tuple[Any, ...]) -> list[Any]:
+        """One input's (or the prediction's) values of every sample, row by row."""
+        if one_row and type(values[0]) is not np.ndarray:
+            return list(values)
+        return list(chain.from_iterable(v.tolist() if type(v) is np.ndarray else (v,) if n == 1 else v
+                                        for v, n in zip(values, counts)))
+
     out: dict[str, Any] = {
-        "request_id": repeated([s.request_id for s in samples]),
+        "request_id": list(repeated(fields[_REQUEST_ID])),
         "row": [0] * len(samples) if one_row else [i for n in counts for i in range(n)],
-        "ts": repeated([s.ts for s in samples]),
-        "version": repeated([s.version for s in samples]),
-        "latency_ms": repeated([s.latency_ms for s in samples]),
+        "ts": repeated(fields[_TS]),
+        "version": list(repeated(fields[_VERSION])),
+        "latency_ms": np.round(np.asarray(repeated(fields[_LATENCY_S]), dtype=np.float64) * 1000, 3),
     }
-    for c, values in zip(inputs, zip(*[s.values for s in samples])):  # transposed in C
+    inputs: dict[str, Any] = {}
+    if layout.from_matrix:
+        matrix = np.concatenate(fields[_MATRIX]).T  # one row per input column
+        for name, j, kind in layout.from_matrix:
+            col = np.ascontiguousarray(matrix[j])
+            if kind == "bool":
+                missing = np.isnan(col)
+                col = col.astype(bool)
+                if missing.any():
+                    col = np.where(missing, None, col).astype(object)
+            inputs[name] = col
+    for c, values in zip(layout.others, fields[_VALUES:]):
         if type(values[0]) is np.ndarray:
             try:  # a numpy column, as decoded: joined in one call
-                out[c] = np.concatenate(values)
+                inputs[c] = np.concatenate(values)
                 continue
             except (ValueError, TypeError):  # some requests sent this input as JSON (bare values or tuples)
                 pass
-        elif one_row:
-            out[c] = list(values)
-            continue
-        # a one-row sample may hold its bare value
-        parts = [v if type(v) is np.ndarray else (v,) if n == 1 else v for v, n in zip(values, counts)]
-        out[c] = list(chain.from_iterable(v.tolist() if type(v) is np.ndarray else v for v in parts))
-    out["prediction"] = list(chain.from_iterable(s.predicted for s in samples))
+        inputs[c] = flat(values)
+    for c in layout.inputs:
+        out[c] = inputs[c]
+    out["prediction"] = flat(fields[_PREDICTED])
     return out
 
 
-def frames(samples: list[Sample]) -> pd.DataFrame:
+def frames(samples: list[Sample], layout: Layout) -> pd.DataFrame:
     """Samples (of one model version) as rows: the :data:`META` columns and the inputs."""
     if not samples:
         return pd.DataFrame(columns=list(META))
-    frame = pd.DataFrame(_columns(samples))
+    frame = pd.DataFrame(_columns(samples, layout))
     frame["ts"] = pd.to_datetime(frame["ts"], unit="s", utc=True)
     return frame
 
 
-def _table(samples: list[Sample]) -> pa.Table:
+def _table(samples: list[Sample], layout: Layout) -> pa.Table:
     """Samples as an Arrow table for the store, without going through pandas (the same schema as :func:`frames`
-    gives; a column Arrow cannot type on its own, e.g. mixed strings and numbers, goes through pandas)."""
-    cols = _columns(samples)
+    gives, missing values as nulls; a column Arrow cannot type on its own, e.g. mixed strings and numbers, goes
+    through pandas)."""
+    cols = _columns(samples, layout)
     ts = np.asarray(cols.pop("ts"), dtype=np.float64)
     arrays = {"request_id": pa.array(cols.pop("request_id"), pa.string()), "row": pa.array(cols.pop("row"), pa.int64()),
               "ts": pa.array(np.round(ts * 1e6).astype(np.int64) * 1000, pa.timestamp("ns", tz="UTC"))}  # to the us
     for name, values in cols.items():
         try:
-            arrays[name] = pa.array(values)
+            arrays[name] = pa.array(values, from_pandas=True)  # NaN (a missing matrix value) -> null
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             arrays[name] = pa.Array.from_pandas(pd.Series(values))
     return pa.table(arrays)
@@ -134,6 +164,8 @@ class CaptureStore:
         self._on_drop = on_drop or (lambda n: None)
         self._on_write = on_write or (lambda n: None)
         self._seq = 0
+        #: Each model version's :class:`Layout`, registered by its :class:`Capture`.
+        self.layouts: dict[tuple[str, int], Layout] = {}
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loom-capture", daemon=True)
         self._thread.start()
@@ -155,10 +187,11 @@ class CaptureStore:
         samples = [self._pending.popleft() for _ in range(len(self._pending))]
         groups: dict[tuple[str, int], list[Sample]] = {}
         for s in samples:
-            groups.setdefault((s.model, s.version), []).append(s)
+            groups.setdefault((s[_MODEL], s[_VERSION]), []).append(s)
         for (model, version), group in groups.items():
             try:
-                self._write(self.root / f"model={model}" / f"version={version}", _table(group))
+                table = _table(group, self.layouts[(model, version)])
+                self._write(self.root / f"model={model}" / f"version={version}", table)
                 self.written += len(group)
                 self._on_write(len(group))
             except Exception:  # noqa: BLE001 - capture must never take the replica down
@@ -180,7 +213,11 @@ class CaptureStore:
         self._seq += 1
         tmp = path / f".part-{self.tag}-{self._seq:08d}.tmp"
         if isinstance(data, pa.Table):
-            pq.write_table(data, tmp)
+            # Dictionary-encode the repeating text columns (categories, labels) only: on unique values (request ids,
+            # numbers) Parquet builds a dictionary and then gives it up, which measured as half the write's time.
+            repeating = [f.name for f in data.schema if f.name != "request_id"
+                         and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+            pq.write_table(data, tmp, use_dictionary=repeating)
         else:
             data.to_parquet(tmp, index=False)
         tmp.rename(path / f"part-{int(time.time() * 1000)}-{self.tag}-{self._seq:08d}.parquet")
@@ -214,31 +251,50 @@ class Capture:
     """A bounded, sampled window of one model version's served rows for drift checks, feeding the capture store.
 
     :meth:`add` is on the request path (see the module docstring). :meth:`frame` builds the DataFrame when a drift
-    check asks for it.
+    check asks for it. ``schema`` (the model's inputs and their declared types) and ``numeric`` (the encoder's
+    numeric matrix columns) let :meth:`add` keep the matrix the encoder built instead of copying the values out of
+    the request; without them every input is kept as decoded.
     """
 
     def __init__(self, model: str, version: int, window: int, sample_rate: float, *,
-                 store: CaptureStore | None = None, seed: int | None = None):
+                 store: CaptureStore | None = None, seed: int | None = None,
+                 schema: Mapping[str, Mapping[str, Any]] | None = None, numeric: tuple[str, ...] = ()):
         self.model = model
         self.version = version
         self.window = window
         self.sample_rate = sample_rate
         self.store = store
+        self.layout: Layout | None = None
+        if schema is not None:
+            self._set_layout(Layout.of(schema, tuple(numeric), {c: s["type"] for c, s in schema.items()}))
         self._chunks: deque[Sample] = deque(maxlen=window)
         self._rng = random.Random(seed)
         self.captured = 0
 
-    def add(self, cols: Columns, predicted: list[Any], *, request_id: str = "", latency_s: float = 0.0) -> None:
+    def _set_layout(self, layout: Layout) -> Layout:
+        self.layout = layout
+        if self.store is not None:
+            self.store.layouts[(self.model, self.version)] = layout
+        return layout
+
+    def add(self, cols: Columns, predicted: list[Any], *, matrix: np.ndarray | None = None, request_id: str = "",
+            latency_s: float = 0.0) -> None:
+        """Sample one served request: its validated ``cols``, the ``predicted`` labels and, when the layout reads
+        inputs from it, the encoder's numeric ``matrix`` of the same request."""
         if self.sample_rate <= 0 or (self.sample_rate < 1 and self._rng.random() >= self.sample_rate):
             return
-        if len(predicted) == 1:
-            values = tuple([v if type(v) is np.ndarray else v[0] for v in cols.values()])
+        layout = self.layout or self._set_layout(Layout.of(cols))
+        if layout.from_matrix and matrix is None:
+            raise ValueError("capture: this layout reads numeric inputs from the encoder's matrix; pass matrix=")
+        rows, rid, kept = len(predicted), request_id or new_request_id(), matrix if layout.from_matrix else None
+        if rows == 1:
+            sample = (self.model, self.version, rid, time.time(), latency_s, 1, kept, predicted[0],
+                      *[v if type(v) is np.ndarray else v[0] for v in map(cols.__getitem__, layout.others)])
         else:
-            values = tuple([v if type(v) is np.ndarray else tuple(v) for v in cols.values()])
-        sample = Sample(self.model, self.version, request_id or new_request_id(), time.time(),
-                        round(latency_s * 1000, 3), tuple(cols), values, tuple(predicted))
+            sample = (self.model, self.version, rid, time.time(), latency_s, rows, kept, tuple(predicted),
+                      *[v if type(v) is np.ndarray else tuple(v) for v in map(cols.__getitem__, layout.others)])
         self._chunks.append(sample)  # atomic; the deque's maxlen bounds it (requests >= rows, trimmed in frame)
-        self.captured += len(predicted)
+        self.captured += rows
         if self.store is not None:
             self.store.offer(sample)
 
@@ -248,5 +304,7 @@ class Capture:
         chunks = list(self._chunks)
         if since_s is not None:
             cutoff = time.time() - since_s
-            chunks = [c for c in chunks if c.ts >= cutoff]
-        return frames(chunks).tail(self.window).reset_index(drop=True)
+            chunks = [c for c in chunks if c[_TS] >= cutoff]
+        if not chunks or self.layout is None:
+            return pd.DataFrame(columns=list(META))
+        return frames(chunks, self.layout).tail(self.window).reset_index(drop=True)

@@ -24,13 +24,22 @@ class FeatureEncoder:
         self.categorical = [(c, {v: i for i, v in enumerate(cats)}, len(cats)) for c, cats in pre.categorical.items()]
         self.width = pre.n_features
 
-    def __call__(self, cols: Columns) -> np.ndarray:
+    def numeric_matrix(self, cols: Columns) -> np.ndarray | None:
+        """The numeric inputs as a float64 ``rows x len(numeric)`` matrix, missing values as NaN, before imputation
+        (None when the model has no numeric input). :meth:`__call__` takes it back, and capture keeps it."""
+        if not self.numeric:
+            return None
+        return np.array([cols[c] for c in self.numeric], dtype=np.float64).T  # None -> NaN
+
+    def __call__(self, cols: Columns, numeric: np.ndarray | None = None) -> np.ndarray:
+        """The model's input matrix; ``numeric`` is :meth:`numeric_matrix` of the same columns when the caller has
+        it already."""
         first = cols[self.numeric[0]] if self.numeric else cols[self.categorical[0][0]]
         n = len(first)
         out = np.zeros((n, self.width), dtype=np.float32)
         k = len(self.numeric)
         if k:
-            x = np.array([cols[c] for c in self.numeric], dtype=np.float64).T  # None -> NaN
+            x = self.numeric_matrix(cols) if numeric is None else numeric
             missing = np.isnan(x)
             if missing.any():
                 x = np.where(missing, self.medians, x)

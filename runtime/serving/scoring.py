@@ -121,7 +121,10 @@ def decode_csv(body: bytes, schema: Schema) -> Columns:
         text = body.decode()
     except UnicodeDecodeError:
         raise RequestError(400, "CSV body is not UTF-8 text") from None
-    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))  # newline="": CR, LF and CRLF all end a row
+    except csv.Error as err:
+        raise RequestError(400, f"malformed CSV: {err}") from None
     if not rows:
         raise RequestError(400, "empty CSV: send a header row and at least one data row")
     header = [h.strip() for h in rows[0]]

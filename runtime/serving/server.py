@@ -70,13 +70,15 @@ class LoadedVersion:
     async def predict(self, cols: Columns, request_id: str = "") -> Prediction:
         assert self.batcher is not None
         started = time.perf_counter()
-        proba = await self.batcher(self.encode(cols))
+        numeric = self.encode.numeric_matrix(cols)
+        proba = await self.batcher(self.encode(cols, numeric))
         if not np.isfinite(proba).all():
             row = int(np.flatnonzero(~np.isfinite(proba).all(axis=1))[0])
             raise RequestError(400, f"row {row}: the model's output is not finite; numeric inputs are too large")
         classes = self.classes
         labels = [classes[i] for i in proba.argmax(axis=1).tolist()]
-        self.capture.add(cols, labels, request_id=request_id, latency_s=time.perf_counter() - started)
+        self.capture.add(cols, labels, matrix=numeric, request_id=request_id,
+                         latency_s=time.perf_counter() - started)
         return Prediction(labels, proba)
 
 
@@ -126,8 +128,10 @@ class ModelServer:
         if REFERENCE in mv.artifacts:
             reference = pd.read_parquet(io.BytesIO(self.registry.read_artifact(name, mv.version, REFERENCE)))
         mon = self.project.config.monitoring
-        return LoadedVersion(name, mv.version, ModelBundle.from_artifacts(arts), reference,
-                             Capture(name, mv.version, mon.window, mon.sample_rate, store=self.checks.store))
+        bundle = ModelBundle.from_artifacts(arts)
+        capture = Capture(name, mv.version, mon.window, mon.sample_rate, store=self.checks.store,
+                          schema=bundle.inputs, numeric=tuple(bundle.preprocessor.numeric))
+        return LoadedVersion(name, mv.version, bundle, reference, capture)
 
     def _start(self, lv: LoadedVersion) -> LoadedVersion:
         cfg = self.project.config.serving
