@@ -46,6 +46,8 @@ class Layout(NamedTuple):
     from_matrix: tuple[tuple[str, int, str], ...]
     #: The other inputs, kept per sample as the request decoded them.
     others: tuple[str, ...]
+    #: The encoder's numeric matrix columns, in order.
+    numeric: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, inputs: Any, numeric: tuple[str, ...] = (), types: Mapping[str, str] | None = None) -> Layout:
@@ -53,7 +55,7 @@ class Layout(NamedTuple):
         types = types or {}
         from_matrix = tuple((c, j, types[c]) for j, c in enumerate(numeric) if types.get(c) in ("float", "bool"))
         taken = {c for c, _, _ in from_matrix}
-        return cls(tuple(inputs), from_matrix, tuple(c for c in inputs if c not in taken))
+        return cls(tuple(inputs), from_matrix, tuple(c for c in inputs if c not in taken), tuple(numeric))
 
 
 #: One sampled request, a flat tuple: ``(model, version, request_id, ts, latency_s, rows, matrix, predicted,
@@ -284,8 +286,8 @@ class Capture:
         if self.sample_rate <= 0 or (self.sample_rate < 1 and self._rng.random() >= self.sample_rate):
             return
         layout = self.layout or self._set_layout(Layout.of(cols))
-        if layout.from_matrix and matrix is None:
-            raise ValueError("capture: this layout reads numeric inputs from the encoder's matrix; pass matrix=")
+        if layout.from_matrix and matrix is None:  # a caller without the encoder's matrix: built as it builds it
+            matrix = np.array([cols[c] for c in layout.numeric], dtype=np.float64).T
         rows, rid, kept = len(predicted), request_id or new_request_id(), matrix if layout.from_matrix else None
         if rows == 1:
             sample = (self.model, self.version, rid, time.time(), latency_s, 1, kept, predicted[0],
