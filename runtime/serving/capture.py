@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .encoding import numeric_matrix
 from .protocol import Columns
 
 log = logging.getLogger("loom.serving")
@@ -121,9 +122,7 @@ def _columns(samples: list[Sample], layout: Layout) -> dict[str, Any]:
 
 
 def frames(samples: list[Sample], layout: Layout) -> pd.DataFrame:
-    """Samples (of one model version) as rows: the :data:`META` columns and the inputs."""
-    if not samples:
-        return pd.DataFrame(columns=list(META))
+    """Samples (at least one, of one model version) as rows: the :data:`META` columns and the inputs."""
     frame = pd.DataFrame(_columns(samples, layout))
     frame["ts"] = pd.to_datetime(frame["ts"], unit="s", utc=True)
     return frame
@@ -287,7 +286,7 @@ class Capture:
             return
         layout = self.layout or self._set_layout(Layout.of(cols))
         if layout.from_matrix and matrix is None:  # a caller without the encoder's matrix: built as it builds it
-            matrix = np.array([cols[c] for c in layout.numeric], dtype=np.float64).T
+            matrix = numeric_matrix(cols, layout.numeric)
         rows, rid, kept = len(predicted), request_id or new_request_id(), matrix if layout.from_matrix else None
         if rows == 1:
             sample = (self.model, self.version, rid, time.time(), latency_s, 1, kept, predicted[0],
@@ -307,6 +306,7 @@ class Capture:
         if since_s is not None:
             cutoff = time.time() - since_s
             chunks = [c for c in chunks if c[_TS] >= cutoff]
-        if not chunks or self.layout is None:
+        if not chunks:
             return pd.DataFrame(columns=list(META))
+        assert self.layout is not None  # set by the first add
         return frames(chunks, self.layout).tail(self.window).reset_index(drop=True)

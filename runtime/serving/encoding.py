@@ -13,6 +13,11 @@ from ..model import Preprocessor
 from .protocol import Columns
 
 
+def numeric_matrix(cols: Columns, names: list[str] | tuple[str, ...]) -> np.ndarray:
+    """Columns ``names`` as a float64 ``rows x len(names)`` matrix, missing values (None) as NaN."""
+    return np.array([cols[c] for c in names], dtype=np.float64).T
+
+
 class FeatureEncoder:
     """Encodes :data:`~runtime.serving.protocol.Columns` for one model version's preprocessor."""
 
@@ -27,9 +32,7 @@ class FeatureEncoder:
     def numeric_matrix(self, cols: Columns) -> np.ndarray | None:
         """The numeric inputs as a float64 ``rows x len(numeric)`` matrix, missing values as NaN, before imputation
         (None when the model has no numeric input). :meth:`__call__` takes it back, and capture keeps it."""
-        if not self.numeric:
-            return None
-        return np.array([cols[c] for c in self.numeric], dtype=np.float64).T  # None -> NaN
+        return numeric_matrix(cols, self.numeric) if self.numeric else None
 
     def __call__(self, cols: Columns, numeric: np.ndarray | None = None) -> np.ndarray:
         """The model's input matrix; ``numeric`` is :meth:`numeric_matrix` of the same columns when the caller has
