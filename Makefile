@@ -5,22 +5,30 @@ BIN := $(VENV)/bin
 # The CPU build of torch goes in first so that nothing pulls a multi-GB CUDA build; override on GPU machines.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup quickstart test bench clean
+.PHONY: setup setup-dev quickstart test bench clean
 
-$(BIN)/loom: pyproject.toml
+# The runtime alone: what the main job needs.
+$(VENV)/.runtime: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# The test extras on top (MLflow, Feast, SQL drivers, schemathesis, tritonclient).
+$(VENV)/.dev: $(VENV)/.runtime
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
-setup: $(BIN)/loom
+setup: $(VENV)/.runtime
 
+setup-dev: $(VENV)/.dev
+
+# `loom up` makes the example's data itself (data.generate in its loom.yaml) when there is none.
 quickstart: setup
-	$(BIN)/python examples/quickstart/generate_data.py
 	$(BIN)/loom up examples/quickstart
 
-test: setup
+test: setup-dev
 	$(BIN)/python -m pytest -ra
 
 clean:

@@ -115,7 +115,7 @@ def capture_throughput(requests: int, rounds: int = 9) -> None:
             rates[name].append(asyncio.run(_throughput(apps[name], bodies)))
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
     paired = statistics.median(a / b for a, b in zip(rates["on"], rates["off"]))
-    dropped = apps["on"].server.checks.store.dropped
+    dropped = apps["on"].server.store.dropped
     print(f"serving throughput, one-row /predict, 32 in flight, {rounds} interleaved rounds of {requests}: capture off "
           f"{off:,.0f} req/s, capture on {on:,.0f} req/s (medians) -> {on / off:.3f}x; median paired ratio "
           f"{paired:.3f}x (samples dropped: {dropped})")

@@ -197,7 +197,7 @@ def serve_loom(root: Path) -> None:
     from ray import serve
 
     from runtime import connect, load_project
-    from runtime.serving.deploy import deploy
+    from runtime.serving import deploy
 
     connect()
     try:

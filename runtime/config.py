@@ -75,6 +75,10 @@ class DataConfig(_Strict):
     columns: dict[str, ColumnSpec] = Field(description="Declared schema: every column the pipeline reads.")
     bad_rows: BadRowsConfig = Field(default_factory=BadRowsConfig, description="Policy for rows that fail validation.")
     batch_rows: int = Field(65_536, ge=1, description="Rows read and validated at a time (the source streams).")
+    generate: str | None = Field(
+        None, description="A Python script of the project that makes the data (path relative to the project). "
+                          "`loom up`, `loom train` and `loom validate` run it, with Loom's Python and in the project "
+                          "directory, when the data source finds no data.")
 
     @model_validator(mode="after")
     def _key_columns_declared(self) -> DataConfig:
@@ -407,6 +411,24 @@ class Project(BaseModel):
         put it on storage every node of a cluster shares."""
         override = os.environ.get("LOOM_STATE_DIR")
         return Path(override).expanduser().resolve() if override else (self.root / self.config.state_dir).resolve()
+
+    @property
+    def capture_dir(self) -> Path:
+        """Where served traffic, feedback, drift history and the retrain loop's state go: ``monitoring.store_path``,
+        else ``<state_dir>/capture``."""
+        path = self.config.monitoring.store_path
+        return self.path(path) if path else self.state_dir / "capture"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Where rows that failed validation are set aside: ``data.bad_rows.path``, else ``<state_dir>/quarantine``."""
+        path = self.config.data.bad_rows.path
+        return self.path(path) if path else self.state_dir / "quarantine"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where Ray Train keeps its runs and checkpoints: ``<state_dir>/runs``."""
+        return self.state_dir / "runs"
 
     def path(self, relative: str) -> Path:
         """Resolve a path written in the project file."""

@@ -5,9 +5,10 @@ weights as safetensors. Nothing is ever pickled: loading a bundle imports a clas
 from __future__ import annotations
 
 import importlib
+import io
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -16,11 +17,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from .artifacts import MODEL_ARTIFACTS, REFERENCE, SPEC, WEIGHTS
 from .config import ColumnSpec
 from .errors import LoomError
 
-WEIGHTS = "model.safetensors"
-SPEC = "model.json"
+if TYPE_CHECKING:
+    from .registry import ModelRegistry, ModelVersion
+
 NUMERIC_TYPES = ("int", "float", "bool")
 CATEGORICAL_TYPES = ("category", "string")
 #: Open Inference Protocol datatype of each declared column type.
@@ -148,11 +151,23 @@ class ModelBundle:
                    preprocessor=Preprocessor.from_dict(spec["preprocessor"]), classes=spec["classes"],
                    inputs=spec["inputs"], label=spec["label"], state_dict=weights)
 
+    @classmethod
+    def from_registry(cls, registry: ModelRegistry, name: str, version: int) -> ModelBundle:
+        """Read version ``version`` of model ``name`` from a registry plugin (its spec and weights)."""
+        return cls.from_artifacts({a: registry.read_artifact(name, version, a) for a in MODEL_ARTIFACTS})
+
     def build(self) -> nn.Module:
         """Instantiate the architecture and load the weights (strictly: every tensor must match)."""
         model = import_architecture(self.architecture)(**self.kwargs)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
+
+
+def read_reference(registry: ModelRegistry, version: ModelVersion) -> pd.DataFrame | None:
+    """A version's reference sample (training rows with the model's predictions), ``None`` when it has none."""
+    if REFERENCE not in version.artifacts:
+        return None
+    return pd.read_parquet(io.BytesIO(registry.read_artifact(version.name, version.version, REFERENCE)))
 
 
 class Predictor:

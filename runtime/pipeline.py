@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata as md
-import io
 import platform
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -26,10 +24,8 @@ from .data import DataSource
 from .features import FeatureService
 from .plugins import Plugins, get_plugins
 from .registry import ModelVersion
-from .tracking import Tracker
+from .tracking import TrackedRun, Tracker
 from .validation import ValidationReport, validate_batches
-
-REFERENCE = "reference.parquet"
 
 
 @dataclass
@@ -61,6 +57,8 @@ class UpResult:
     version: ModelVersion
     url: str
     timings: dict[str, float] = field(default_factory=dict)
+    reused: bool = False
+    """The version was registered before with the same lineage (data, settings, code), so nothing was trained."""
 
 
 def _git_commit(path: Any) -> str | None:
@@ -69,15 +67,6 @@ def _git_commit(path: Any) -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _log_epoch(tracker: Tracker, run_id: str, metrics: dict[str, Any]) -> int:
-    """Record one epoch's numeric metrics at step = epoch; return the epoch."""
-    epoch = int(metrics["epoch"])
-    values = {k: v for k, v in metrics.items() if k not in ("epoch", "timestamp") and isinstance(v, (int, float))
-              and not isinstance(v, bool)}
-    tracker.log_metrics(run_id, values, step=epoch)
-    return epoch
 
 
 def _versions(*dists: str) -> dict[str, str]:
@@ -150,9 +139,8 @@ class Pipeline:
         d = self.project.config.data
         uri = source.uri
         policy = d.bad_rows
-        quarantine = self.project.path(policy.path) if policy.path else self.project.state_dir / "quarantine"
         report = validate_batches(source.iter_batches(d.batch_rows), columns, source=uri, policy=policy.policy,
-                                  quarantine_dir=quarantine, max_fraction=policy.max_fraction)
+                                  quarantine_dir=self.project.quarantine_dir, max_fraction=policy.max_fraction)
         if report.quarantined:
             self.console.print(f"[yellow]![/] {report.quarantined:,} of {report.rows:,} rows from {uri} failed "
                                f"validation and were quarantined to {report.quarantine_file}")
@@ -160,9 +148,39 @@ class Pipeline:
 
     # -- stages ------------------------------------------------------------------------------------------------
 
-    def ingest(self) -> Dataset:
-        """Read the data source batch by batch, validating each batch against the declared schema."""
+    def generate_data(self) -> bool:
+        """Run the project's ``data.generate`` script when its data source finds no data; return whether it ran.
+
+        The script runs with this Python, in the project directory; a failure is reported with the end of its
+        output."""
+        from .errors import LoomError, NotFoundError
+
         d = self.project.config.data
+        if not d.generate:
+            return False
+        try:
+            self.open_source(d.source, d.options)
+            return False
+        except NotFoundError:
+            pass
+        except Exception:  # noqa: BLE001 - not missing data: the ingest stage opens it again and reports it
+            return False
+        script = self.project.path(d.generate)
+        if not script.is_file():
+            raise LoomError(f"data.generate names {d.generate!r}, which is not a file in {self.project.root}")
+        with self.stage("generate", f"making the data with {d.generate} (data.generate)"):
+            done = subprocess.run([sys.executable, str(script)], cwd=self.project.root, capture_output=True,
+                                  text=True)
+        if done.returncode != 0:
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+            raise LoomError(f"data.generate {d.generate!r} failed with exit code {done.returncode}:\n{tail}")
+        return True
+
+    def ingest(self) -> Dataset:
+        """Read the data source batch by batch, validating each batch against the declared schema (after making
+        the data with ``data.generate`` when there is none yet)."""
+        d = self.project.config.data
+        self.generate_data()
         with self.stage("ingest", f"opening {d.source}"):
             source = self.open_source(d.source, d.options)
         with self.stage("validate", f"reading {d.source} and validating it against {len(d.columns)} columns"):
@@ -195,96 +213,73 @@ class Pipeline:
 
     def train(self, data: Dataset, view: FeatureService) -> Trained:
         """Train on the connected Ray cluster with Ray Train, showing per-epoch progress."""
-        from .cluster import connect, project_runtime_env
-        from .model import SPEC, ModelBundle, Predictor, Preprocessor
-        from .training import run_training
+        from .artifacts import REFERENCE, SPEC
+        from .cluster import connect
+        from .preparation import prepare, reference_sample
 
         cfg = self.project.config
-        d, t, m = cfg.data, cfg.training, cfg.model
-        frame = self.training_frame(data, view).sort_values(d.timestamp, kind="stable").reset_index(drop=True)
-        frame = frame[frame[d.label].notna()]
-        n_val = max(1, int(len(frame) * t.validation_fraction))
-        train_df, val_df = frame.iloc[:-n_val], frame.iloc[-n_val:]
-        schema = {c: cfg.feature_definitions.columns[c] for c in view.features}
-        pre = Preprocessor.fit(train_df, schema)
-        classes = sorted(frame[d.label].dropna().unique().tolist())
-        if len(classes) < 2:
-            raise ValueError(f"label {d.label!r} has fewer than two classes; nothing to learn")
-        index = {c: i for i, c in enumerate(classes)}
-        arrays = {
-            "x_train": pre.transform(train_df), "y_train": train_df[d.label].map(index).to_numpy(np.int64),
-            "x_val": pre.transform(val_df), "y_val": val_df[d.label].map(index).to_numpy(np.int64),
-        }
-        kwargs = {"n_inputs": pre.n_features, "hidden": list(m.hidden), "n_classes": len(classes),
-                  "dropout": m.dropout}
-        params = {"architecture": m.architecture, **kwargs, "epochs": t.epochs, "batch_size": t.batch_size,
-                  "learning_rate": t.learning_rate, "workers": t.workers, "seed": t.seed}
-        self.plugins.call("loom_before_training", project=self.project, train_rows=len(train_df), params=dict(params))
+        prepared = prepare(self.project, self.training_frame(data, view), view)
+        self.plugins.call("loom_before_training", project=self.project, train_rows=len(prepared.train),
+                          params=dict(prepared.params))
         with self.stage("cluster", "connecting to Ray"):
             connect()
-        run_name = f"{m.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tracker = self.tracker
-        run = tracker.start_run(cfg.name, name=run_name, params=params, tags={"model": m.name}) if tracker else None
-        logged: set[int] = set()
+        run_name = f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = TrackedRun(self.tracker, cfg.name, name=run_name, params=prepared.params,
+                         tags={"model": cfg.model.name})
+        try:
+            result = self._fit(prepared, run_name, on_epoch=run.epoch)
+        except BaseException as err:
+            run.fail(err)
+            self.plugins.call_quietly("loom_on_error", project=self.project, stage="train", error=err)
+            raise
+        bundle = prepared.bundle(self.project, result.state_dict)
+        artifacts = bundle.to_artifacts()
+        run.complete(result.history, {"use_gpu": result.use_gpu, "train_rows": len(prepared.train)},
+                     {SPEC: artifacts[SPEC]})
+        artifacts[REFERENCE] = reference_sample(self.project, prepared, bundle)
+        final = {k: v for k, v in result.metrics.items() if k.startswith("val_") or k == "train_loss"}
+        self.plugins.call("loom_after_training", project=self.project, metrics=final, history=result.history)
+        return Trained(artifacts=artifacts, params={**prepared.params, "use_gpu": result.use_gpu}, metrics=final,
+                       history=result.history, train_rows=len(prepared.train), seconds=result.seconds,
+                       run_id=run.id)
+
+    def _fit(self, prepared: Any, run_name: str, *, on_epoch: Callable[[dict[str, Any]], None]) -> Any:
+        """Run Ray Train on the prepared arrays behind a progress bar of epochs; return its result."""
+        from .cluster import project_runtime_env
+        from .training import run_training
+
+        t = self.project.config.training
         started = time.perf_counter()
         with Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
                       transient=False) as progress:
             task = progress.add_task("train", total=t.epochs, info="starting Ray Train workers…")
 
-            def on_epoch(mt: dict[str, Any]) -> None:
+            def epoch_ended(mt: dict[str, Any]) -> None:
                 info = f"loss {mt['train_loss']:.4f}  val_loss {mt['val_loss']:.4f}"
                 if "val_auc" in mt:
                     info += f"  val_auc {mt['val_auc']:.3f}"
                 progress.update(task, completed=mt["epoch"], info=info)
-                if run is not None:
-                    with contextlib.suppress(Exception):  # retried from the final history below
-                        logged.add(_log_epoch(tracker, run.id, mt))
+                on_epoch(mt)
 
-            try:
-                result = run_training(
-                    {"architecture": m.architecture, "kwargs": kwargs, "epochs": t.epochs,
-                     "batch_size": t.batch_size, "learning_rate": t.learning_rate, "seed": t.seed},
-                    arrays, workers=t.workers, use_gpu=t.use_gpu, storage_path=self.project.state_dir / "runs",
-                    run_name=run_name, on_epoch=on_epoch,
-                    max_failures=t.max_failures, runtime_env=project_runtime_env(self.project))
-            except BaseException as err:
-                if run is not None:
-                    with contextlib.suppress(Exception):
-                        tracker.end_run(run.id, "killed" if isinstance(err, KeyboardInterrupt) else "failed")
-                self.plugins.call_quietly("loom_on_error", project=self.project, stage="train", error=err)
-                raise
+            result = run_training(prepared.training_config(self.project), prepared.arrays, workers=t.workers,
+                                  use_gpu=t.use_gpu, storage_path=self.project.runs_dir, run_name=run_name,
+                                  on_epoch=epoch_ended, max_failures=t.max_failures,
+                                  runtime_env=project_runtime_env(self.project))
             progress.update(task, completed=t.epochs)
         self.timings["train"] = round(time.perf_counter() - started, 2)
         self.console.print(f"[green]✓[/] {'train':<9} {self.timings['train']:6.2f}s  {t.workers} Ray Train workers, "
-                           f"{'GPU' if result.use_gpu else 'CPU'}, val_auc {result.metrics.get('val_auc', float('nan')):.3f}")
-        bundle = ModelBundle(architecture=m.architecture, kwargs=kwargs, preprocessor=pre, classes=classes,
-                             inputs={c: s.model_dump(exclude_none=True) for c, s in schema.items()},
-                             label=d.label, state_dict=result.state_dict)
-        artifacts = bundle.to_artifacts()
-        if run is not None:  # the live per-epoch log is best effort: fill in what it missed from the history
-            for mt in result.history:
-                if mt["epoch"] not in logged:
-                    _log_epoch(tracker, run.id, mt)
-            tracker.log_params(run.id, {"use_gpu": result.use_gpu, "train_rows": len(train_df)})
-            tracker.log_artifact(run.id, SPEC, artifacts[SPEC])
-            tracker.end_run(run.id)
-        reference = train_df[list(view.features)].sample(min(len(train_df), cfg.monitoring.reference_rows),
-                                                         random_state=t.seed)
-        # The trained model's predictions on its reference rows: the baseline of prediction drift checks.
-        reference = reference.assign(prediction=Predictor(bundle).predict(reference)[0])
-        buf = io.BytesIO()
-        reference.reset_index(drop=True).to_parquet(buf, index=False)
-        artifacts[REFERENCE] = buf.getvalue()
-        final = {k: v for k, v in result.metrics.items() if k.startswith("val_") or k == "train_loss"}
-        self.plugins.call("loom_after_training", project=self.project, metrics=final, history=result.history)
-        return Trained(artifacts=artifacts, params={**params, "use_gpu": result.use_gpu}, metrics=final,
-                       history=result.history, train_rows=len(train_df), seconds=result.seconds,
-                       run_id=run.id if run is not None else None)
+                           f"{'GPU' if result.use_gpu else 'CPU'}, "
+                           f"val_auc {result.metrics.get('val_auc', float('nan')):.3f}")
+        return result
 
     def register(self, trained: Trained, data: Dataset, view: FeatureService) -> ModelVersion:
         """Record the trained model as a new version with lineage, and point the configured alias at it."""
+        from .artifacts import REFERENCE
+        from .lineage import LINEAGE_TAG
+
         cfg = self.project.config
+        key = self.lineage_key(data)
         with self.stage("register", f"registering {cfg.model.name!r} in the {cfg.registry.kind!r} registry"):
             lineage = {
                 "data": {"source": data.uri, "fingerprint": data.fingerprint, "rows": len(data.frame)},
@@ -301,10 +296,11 @@ class Pipeline:
                              **_versions("loom-mlops", "torch", "ray", "pandas", "numpy", "pyarrow", "safetensors",
                                          "evidently")},
                 "reference_profile": REFERENCE,
+                "key": key,
             }
             version = self.registry.register(cfg.model.name, trained.artifacts, params=trained.params,
                                              metrics=trained.metrics, lineage=lineage, alias=cfg.registry.alias,
-                                             run_id=trained.run_id)
+                                             run_id=trained.run_id, tags={LINEAGE_TAG: key})
         self.plugins.call("loom_model_registered", project=self.project, version=version)
         return version
 
@@ -312,7 +308,7 @@ class Pipeline:
         """Serve the model (the configured alias by default) with Ray Serve, with all traffic or as a canary taking
         ``canary`` percent next to the version already served; return the base URL."""
         from .cluster import connect
-        from .serving.deploy import deploy
+        from .serving import deploy
 
         cfg = self.project.config
         ref = ref if ref is not None else cfg.registry.alias
@@ -325,13 +321,43 @@ class Pipeline:
                           version=version.version, url=url)
         return url
 
-    def up(self) -> UpResult:
-        """The whole life cycle: ingest, validate, features, train, register, deploy."""
+    def lineage_key(self, data: Dataset) -> str:
+        """The key of what training on ``data`` would make: its fingerprints (the data source's and each feature
+        view's own source's), the settings that shape training and the code (:mod:`runtime.lineage`)."""
+        from .lineage import lineage_key
+
+        fingerprints = {data.uri: data.fingerprint}
+        for own in self.project.config.feature_definitions.sources.values():
+            fingerprints[own.uri] = self.open_source(own.uri, own.options).fingerprint()
+        return lineage_key(self.project, fingerprints)
+
+    def reusable(self, data: Dataset) -> ModelVersion | None:
+        """A registered version trained on the same data, settings and code as ``data`` would be, if any; the
+        configured alias is pointed at it, as registering a new one would."""
+        from .lineage import find_version
+
+        cfg = self.project.config
+        found = find_version(self.registry, cfg.model.name, self.lineage_key(data))
+        if found is None:
+            return None
+        if cfg.registry.alias and cfg.registry.alias not in found.aliases:
+            self.registry.set_alias(cfg.model.name, cfg.registry.alias, found.version)
+            found = self.registry.get_version(cfg.model.name, found.version)
+        self.console.print(f"[green]✓[/] {'reuse':<9} {cfg.model.name} v{found.version} was trained on the same "
+                           "data, settings and code: nothing to train (`loom up --retrain` trains anyway)")
+        return found
+
+    def up(self, *, retrain: bool = False) -> UpResult:
+        """The whole life cycle: ingest, validate, features, train, register, deploy. A version registered before
+        with the same lineage is served again instead of training an identical one, unless ``retrain``."""
         started = time.perf_counter()
         data = self.ingest()
-        view = self.write_features(data)
-        trained = self.train(data, view)
-        version = self.register(trained, data, view)
+        version = None if retrain else self.reusable(data)
+        reused = version is not None
+        if version is None:
+            view = self.write_features(data)
+            trained = self.train(data, view)
+            version = self.register(trained, data, view)
         url = self.deploy(version.version)
         self.timings["total"] = round(time.perf_counter() - started, 2)
-        return UpResult(version=version, url=url, timings=dict(self.timings))
+        return UpResult(version=version, url=url, timings=dict(self.timings), reused=reused)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +35,12 @@ class RetrainLoop:
 
     def __init__(self, project: Project, *, plugins: Any = None, console: Any = None):
         from .pipeline import Pipeline
-        from .serving.drift import capture_root
 
         self.project = project
         self.cfg = project.config.monitoring.retrain
         self.model = project.config.model.name
         self.pipe = Pipeline(project, plugins=plugins, console=console)
-        self.root = capture_root(project)
+        self.root = project.capture_dir
         self.state_file = self.root / "loop" / f"{self.model}.json"
 
     # -- state -----------------------------------------------------------------------------------------------
@@ -81,24 +78,13 @@ class RetrainLoop:
 
     def drift(self) -> dict[str, Any]:
         """A drift check of the served model, through the serving application."""
-        from .serving.deploy import _token, url_of
+        from .serving import ServingClient
 
-        request = urllib.request.Request(f"{url_of(self.project)}/monitoring/{self.model}/drift")
-        token = _token(self.project)
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=300) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as err:
-            raise LoomError(f"drift check of {self.model!r} failed: "
-                            f"{json.loads(err.read() or b'{}').get('error', err)}") from None
-        except urllib.error.URLError as err:
-            raise LoomError(f"cannot reach the served app at {url_of(self.project)}: {err.reason}") from None
+        return ServingClient.for_project(self.project).drift(self.model)
 
     def retrain(self, report: dict[str, Any]) -> str:
         """Retrain on fresh data, register with lineage to ``report``, deploy as a canary."""
-        from .serving.deploy import deploy
+        from .serving import deploy
 
         pipe, project = self.pipe, self.project
         current = int(report["version"])
@@ -124,7 +110,7 @@ class RetrainLoop:
 
     def judge(self, state: dict[str, Any]) -> str | None:
         """Promote the canary if it beats the current version on the recent labelled rows, else roll back."""
-        from .serving.deploy import promote, rollback
+        from .serving import promote, rollback
 
         new, old = int(state["version"]), int(state["previous"])
         labelled = self.labelled()
@@ -148,7 +134,7 @@ class RetrainLoop:
 
     def labelled(self) -> pd.DataFrame:
         """The most recent served rows (any version) with a ground-truth label, at most ``monitoring.window``."""
-        from .serving.capture import read_captured, read_feedback
+        from .serving import read_captured, read_feedback
 
         rows = read_captured(self.root, self.model)
         labels = read_feedback(self.root, self.model)
@@ -161,9 +147,7 @@ class RetrainLoop:
         """Performance of ``version`` on ``labelled`` rows, from the drift monitor (Evidently by default)."""
         from .model import ModelBundle, Predictor
 
-        registry = self.pipe.registry
-        arts = {a: registry.read_artifact(self.model, version, a) for a in ("model.json", "model.safetensors")}
-        bundle = ModelBundle.from_artifacts(arts)
+        bundle = ModelBundle.from_registry(self.pipe.registry, self.model, version)
         predicted, _ = Predictor(bundle).predict(labelled[list(bundle.inputs)])
         mon = self.project.config.monitoring
         monitor = self.pipe.plugins.drift_monitor(mon.monitor, options=mon.options)

@@ -171,3 +171,59 @@ def compare_runs(runs: Iterable[Run]) -> Comparison:
         params={k: tuple(r.params.get(k) for r in runs) for k in param_keys},
         metrics={k: tuple(r.metrics.get(k) for r in runs) for k in metric_keys},
     )
+
+
+class TrackedRun:
+    """One training run's record in a tracker: started with its params, per-epoch metrics logged as they arrive
+    (best effort: a failed write is retried from the final history), completed or failed at the end. With no
+    tracker every method does nothing, so the pipeline reads the same either way."""
+
+    def __init__(self, tracker: Tracker | None, experiment: str, *, name: str, params: dict[str, Any],
+                 tags: dict[str, str] | None = None):
+        self.tracker = tracker
+        self.run = tracker.start_run(experiment, name=name, params=params, tags=tags) if tracker else None
+        self._logged: set[int] = set()
+
+    @property
+    def id(self) -> str | None:
+        return self.run.id if self.run is not None else None
+
+    def _log(self, metrics: Mapping[str, Any]) -> int:
+        """Record one epoch's numeric metrics at step = epoch; return the epoch."""
+        assert self.tracker is not None and self.run is not None
+        epoch = int(metrics["epoch"])
+        values = {k: v for k, v in metrics.items() if k not in ("epoch", "timestamp")
+                  and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.tracker.log_metrics(self.run.id, values, step=epoch)
+        return epoch
+
+    def epoch(self, metrics: Mapping[str, Any]) -> None:
+        """Log an epoch as it ends; a failure here is made good by :meth:`complete`."""
+        if self.run is None:
+            return
+        try:
+            self._logged.add(self._log(metrics))
+        except Exception:  # noqa: BLE001 - retried from the final history
+            pass
+
+    def complete(self, history: Iterable[Mapping[str, Any]], params: dict[str, Any],
+                 artifacts: Mapping[str, bytes]) -> None:
+        """Log the epochs the live log missed, the run's final params and artifacts, and end it as finished."""
+        if self.tracker is None or self.run is None:
+            return
+        for metrics in history:
+            if int(metrics["epoch"]) not in self._logged:
+                self._log(metrics)
+        self.tracker.log_params(self.run.id, params)
+        for name, data in artifacts.items():
+            self.tracker.log_artifact(self.run.id, name, data)
+        self.tracker.end_run(self.run.id)
+
+    def fail(self, err: BaseException) -> None:
+        """End the run as ``killed`` (Ctrl-C) or ``failed``; never raises over the original error."""
+        if self.tracker is None or self.run is None:
+            return
+        try:
+            self.tracker.end_run(self.run.id, "killed" if isinstance(err, KeyboardInterrupt) else "failed")
+        except Exception:  # noqa: BLE001 - the training error is the one to report
+            pass

@@ -24,11 +24,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .artifacts import WEIGHTS
 from .model import import_architecture
 
 log = logging.getLogger("loom.training")
 
-CKPT_WEIGHTS = "model.safetensors"
 CKPT_HISTORY = "history.json"
 
 
@@ -140,7 +140,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as d:
-            model.load_state_dict(load_file(os.path.join(d, CKPT_WEIGHTS)))
+            model.load_state_dict(load_file(os.path.join(d, WEIGHTS)))
             history = json.loads(Path(d, CKPT_HISTORY).read_text())
     model = ray.train.torch.prepare_model(model)
     opt = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
@@ -162,7 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as d:
                 inner = model.module if hasattr(model, "module") else model
                 save_file({k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()},
-                          os.path.join(d, CKPT_WEIGHTS))
+                          os.path.join(d, WEIGHTS))
                 Path(d, CKPT_HISTORY).write_text(json.dumps(history))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
             if progress is not None:
@@ -257,7 +257,7 @@ def run_training(
             queue.shutdown()
     seconds = time.perf_counter() - started
     with result.checkpoint.as_directory() as d:
-        state = load_file(os.path.join(d, CKPT_WEIGHTS))
+        state = load_file(os.path.join(d, WEIGHTS))
         history = json.loads(Path(d, CKPT_HISTORY).read_text())
     return TrainingResult(state_dict=state, history=history, metrics=history[-1], use_gpu=gpu, seconds=seconds,
                           checkpoint_path=result.checkpoint.path)

@@ -43,10 +43,12 @@ def serve_port() -> int:
     return free_port()
 
 
-def make_project(dest: Path, *, port: int, **overrides) -> Path:
-    """Copy the quickstart into ``dest`` with fresh generated data and the given config overrides."""
+def make_project(dest: Path, *, port: int, generate: bool = True, **overrides) -> Path:
+    """Copy the quickstart into ``dest`` with fresh generated data (none with ``generate=False``: ``loom up``
+    then makes it through ``data.generate``) and the given config overrides."""
     shutil.copytree(QUICKSTART, dest, ignore=shutil.ignore_patterns("data", ".loom"), dirs_exist_ok=True)
-    subprocess.run([sys.executable, str(dest / "generate_data.py")], check=True, cwd=dest)
+    if generate:
+        subprocess.run([sys.executable, str(dest / "generate_data.py")], check=True, cwd=dest)
     cfg = yaml.safe_load((dest / "loom.yaml").read_text())
     cfg["serving"]["port"] = port
     for section, values in overrides.items():

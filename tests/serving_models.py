@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from runtime import get_plugins, load_project
+from runtime.artifacts import REFERENCE
 from runtime.model import ModelBundle, Preprocessor, TabularMLP
 
 FEATURES = ["tenure_months", "monthly_charges", "total_charges", "support_calls", "paperless_billing", "contract",
@@ -58,7 +59,7 @@ def register_version(root: Path, *, seed: int, hidden: tuple[int, ...] = (16,), 
     artifacts = bundle.to_artifacts()
     buf = io.BytesIO()
     df[FEATURES].sample(500, random_state=seed).reset_index(drop=True).to_parquet(buf, index=False)
-    artifacts["reference.parquet"] = buf.getvalue()
+    artifacts[REFERENCE] = buf.getvalue()
     mv = registry(root).register(name or cfg.model.name, artifacts, params={"seed": seed}, alias=alias)
     return mv.version
 

@@ -16,7 +16,7 @@ import yaml
 from conftest import make_project
 from runtime import Pipeline, load_project
 from runtime.retrain_loop import RetrainLoop
-from runtime.serving.deploy import current_table, shutdown
+from runtime.serving import current_table, shutdown
 
 pytestmark = pytest.mark.slow
 

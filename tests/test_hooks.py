@@ -348,7 +348,7 @@ def deployed(ray_cluster, serve_port, generated, tmp_path_factory):
         client = httpx.Client(base_url=result.url, timeout=60)
         yield pipe, result, recorder, client
         client.close()
-        from runtime.serving.deploy import shutdown
+        from runtime.serving import shutdown
 
         shutdown(pipe.project)  # later modules deploy their own apps on the shared cluster
 

@@ -15,7 +15,7 @@ import runtime
 from loom_local_registry import LocalRegistry
 from runtime import ConfigError, InvalidNameError, LoomError, ModelRegistry, NotFoundError
 
-WEIGHTS = "model.safetensors"
+from runtime.artifacts import WEIGHTS
 #: Only the plugin under test: other built-in plugins are irrelevant here and slow to import in child processes.
 ONLY_THIS_PLUGIN = "local_registry"
 

@@ -22,7 +22,7 @@ pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow_store import migrated_store, store_options  # noqa: E402
 
-WEIGHTS = "model.safetensors"
+from runtime.artifacts import SPEC, WEIGHTS  # noqa: E402
 PLUGINS = "mlflow"
 
 
@@ -88,7 +88,7 @@ def _register_and_hang(state_dir: str, options: dict[str, str], ready: multiproc
 
 
 def test_core_never_imports_mlflow() -> None:
-    code = ("import sys, runtime, runtime.pipeline, runtime.cli, runtime.cli_models; runtime.get_plugins(); "
+    code = ("import sys, runtime, runtime.pipeline, runtime.cli, runtime.cli.models; runtime.get_plugins(); "
             "assert 'mlflow' not in sys.modules, 'mlflow was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env={"LOOM_PLUGINS": "mlflow,local_registry",
                                                                   "PATH": ""})
@@ -115,7 +115,7 @@ def test_runs_versions_and_aliases_are_mlflow_entities(reg: ModelRegistry, optio
     for epoch, auc in enumerate([0.7, 0.8], start=1):
         reg.log_metrics(run.id, {"val_auc": auc}, step=epoch)
     reg.end_run(run.id)
-    v = reg.register("churn", {WEIGHTS: b"weights", "model.json": b"{}"}, metrics={"val_auc": 0.8},
+    v = reg.register("churn", {WEIGHTS: b"weights", SPEC: b"{}"}, metrics={"val_auc": 0.8},
                      tags={"team": "growth"}, description="first", alias="production", run_id=run.id)
 
     client = _client(options)
@@ -128,7 +128,7 @@ def test_runs_versions_and_aliases_are_mlflow_entities(reg: ModelRegistry, optio
     assert (int(mv.version), mv.run_id, mv.description) == (v.version, run.id, "first")
     assert mv.tags["team"] == "growth"
     files = {f.path.rsplit("/", 1)[-1] for f in client.list_artifacts(run.id, mv.tags["loom.artifact_path"])}
-    assert files == {WEIGHTS, "model.json", "loom-version.json"}  # no MLmodel, no pickle
+    assert files == {WEIGHTS, SPEC, "loom-version.json"}  # no MLmodel, no pickle
     assert mv.source.startswith(got.info.artifact_uri)
     assert str(tmp_path / "mlflow-artifacts" / "churn") in mv.source
 
@@ -219,7 +219,7 @@ def test_life_cycle_on_mlflow_tracks_training_and_serves_the_registered_version(
     from conftest import make_project
 
     from runtime import Pipeline
-    from runtime.serving.deploy import shutdown
+    from runtime.serving import shutdown
 
     monkeypatch.delenv("LOOM_PLUGINS")
     root = make_project(tmp_path / "proj", port=serve_port, training={"epochs": 2, "workers": 1},
@@ -248,7 +248,7 @@ def _check_tracked_and_served(pipe: Any, result: Any, root: Path) -> None:
     assert client.get_experiment(run.info.experiment_id).name == "churn-quickstart"
     assert json.loads(run.data.params["hidden"]) == [64, 32] and run.data.params["use_gpu"] in ("true", "false")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [1, 2]
-    assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {"model.json"}
+    assert {f.path for f in client.list_artifacts(run.info.run_id)} >= {SPEC}
     mv = client.get_model_version_by_alias("churn", "production")
     assert (int(mv.version), mv.run_id) == (version.version, run.info.run_id)
 
@@ -265,7 +265,6 @@ def _check_tracked_and_served(pipe: Any, result: Any, root: Path) -> None:
     records = json.loads(df[features].to_json(orient="records"))
     response = httpx.post(f"{result.url}/predict/churn", json=records, timeout=30)
     assert response.status_code == 200, response.text
-    bundle = ModelBundle.from_artifacts({a: pipe.registry.read_artifact("churn", version.version, a)
-                                         for a in ("model.json", "model.safetensors")})
+    bundle = ModelBundle.from_registry(pipe.registry, "churn", version.version)
     expected, _ = Predictor(bundle).predict({c: df[c].to_numpy() for c in features})
     assert response.json()["predictions"] == expected

@@ -23,7 +23,6 @@ from runtime import hookimpl
 from runtime.model import Preprocessor
 from runtime.serving.app import LoomApp
 from runtime.serving.capture import Capture, CaptureStore, read_captured, read_feedback
-from runtime.serving.drift import capture_root
 from runtime.serving.encoding import FeatureEncoder
 from runtime.serving.routing import RoutingTable
 from runtime.serving.server import ModelServer
@@ -57,7 +56,7 @@ def test_capture_store_partitions_by_model_version_date(served):
     rows = data(root).iloc[:50]
     rid = uuid.uuid4().hex
     assert client.post("/predict/churn", json=records(rows), headers={"X-Request-ID": rid}).status_code == 200
-    store = capture_root(server.project)
+    store = server.project.capture_dir
     deadline = time.monotonic() + 10
     while rid not in set(read_captured(store, "churn", 1)["request_id"]) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -151,9 +150,9 @@ def test_feedback_validates_and_feeds_performance(served):
     assert report["performance"]["rows"] >= 300 and 0.5 < report["performance"]["accuracy"] <= 1
     assert report["prediction_drift"]["method"] and report["data_quality"]["contract"]["new_categories"] == 0
     deadline = time.monotonic() + 10
-    while len(read_feedback(capture_root(server.project), "churn")) < 300 and time.monotonic() < deadline:
+    while len(read_feedback(server.project.capture_dir, "churn")) < 300 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(read_feedback(capture_root(server.project), "churn")) == 300
+    assert len(read_feedback(server.project.capture_dir, "churn")) == 300
 
 
 def test_drift_quality_history_report_and_gauges(served):

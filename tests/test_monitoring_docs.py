@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from prometheus_client import CollectorRegistry
 
 from runtime.config import MonitoringConfig
 from runtime.serving.capture import Capture, CaptureStore
 from runtime.serving.drift import DriftMetrics
+from runtime.serving.metrics import ServingMetrics
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "monitoring.md").read_text()
 
@@ -27,13 +27,14 @@ def test_settings_block_is_every_setting_with_its_default():
 
 
 def test_named_metrics_exist():
-    registry = CollectorRegistry()
+    serving = ServingMetrics("r")  # the replica's registry: capture counters live with the server
+    registry = serving.registry
     metrics = DriftMetrics(registry, "r")
     metrics.record("m", 1, {"features": {"x": {"score": 0.5, "drifted": False}}, "share_drifted": 0.0,
                             "drifted": False, "prediction_drift": {"drifted": False},
                             "performance": {"accuracy": 1.0}, "trigger": "schedule"})
-    metrics.dropped.inc()
-    metrics.stored.inc()
+    serving.capture_dropped.inc()
+    serving.capture_stored.inc()
     exported = {s.name for family in registry.collect() for s in family.samples}
     named = set(re.findall(r"`(loom_[a-z_]+)", DOC))
     assert named and named <= exported, named - exported

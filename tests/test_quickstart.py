@@ -12,7 +12,7 @@ import pytest
 
 import runtime
 from runtime import Pipeline, get_plugins, hookimpl
-from runtime.serving.deploy import shutdown
+from runtime.serving import shutdown
 
 pytestmark = pytest.mark.slow
 

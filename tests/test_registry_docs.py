@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cli_models import models, runs
+from runtime.cli.models import models, runs
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "registry.md").read_text()
 

@@ -30,7 +30,7 @@ def _replicas(app: str) -> list[int]:
 
 def test_killed_replica_under_load(ray_cluster, serve_port, tmp_path):
     from runtime import Pipeline
-    from runtime.serving.deploy import app_name, shutdown
+    from runtime.serving import app_name, shutdown
 
     project_dir = make_project(tmp_path / "p", port=serve_port, training={"epochs": 1, "workers": 1},
                                serving={"replicas": 2, "replica_cpus": 0.25, "route_prefix": "/faults"})

@@ -10,7 +10,7 @@ import yaml
 
 from runtime import parse_config
 from runtime.cli import cli
-from runtime.cli_serving import COMMANDS
+from runtime.cli.serving import COMMANDS
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
 

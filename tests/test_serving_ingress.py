@@ -12,8 +12,8 @@ import pytest
 from conftest import QUICKSTART
 from runtime import ConfigError, load_project
 from runtime.config import Project
-from runtime.serving import ingress
-from runtime.serving.deploy import deployment_options
+from runtime.cluster import ingress
+from runtime.serving.rollout import deployment_options
 from runtime.serving.routing import RoutingTable
 
 RAY_CONFIG = """global

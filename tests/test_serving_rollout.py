@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from conftest import make_project
 from runtime import load_project
 from runtime.cli import cli
-from runtime.serving.deploy import current_table, shutdown
+from runtime.serving import current_table, shutdown
 from serving_models import oip_inputs, records, register_version, registry
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ import yaml
 
 from conftest import make_project
 from runtime import load_project
-from runtime.serving import deploy as serving
+from runtime import serving
 from serving_models import data, records, register_version
 
 pytestmark = pytest.mark.slow

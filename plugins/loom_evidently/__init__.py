@@ -23,11 +23,11 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from runtime import ConfigError, DataValidationError, DriftReport, FeatureDrift, LoomError, hookimpl
+from runtime import ConfigError, DataValidationError, DriftReport, FeatureDrift, LoomError, Register, hookimpl
 
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot
@@ -318,6 +318,6 @@ def _prepare(frame: pd.DataFrame, source: str, numerical: list[str], categorical
 
 
 @hookimpl
-def loom_register_drift_monitors(register: Callable[[str, Callable[..., Any]], None]) -> None:
+def loom_register_drift_monitors(register: Register) -> None:
     """Register the ``evidently`` drift monitor."""
     register(NAME, EvidentlyMonitor.from_options)

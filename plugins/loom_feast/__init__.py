@@ -12,9 +12,9 @@ Feast is imported when a store is opened. Uses only ``runtime``'s public API, ex
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from runtime import ConfigError, FeatureStore, hookimpl
+from runtime import ConfigError, FeatureStore, Register, hookimpl
 
 __all__ = ["loom_register_feature_stores", "make_store"]
 
@@ -31,6 +31,6 @@ def make_store(*, state_dir: Path | str, options: dict[str, Any]) -> FeatureStor
 
 
 @hookimpl
-def loom_register_feature_stores(register: Callable[[str, Callable[..., Any]], None]) -> None:
+def loom_register_feature_stores(register: Register) -> None:
     """Register Feast as ``feast``."""
     register("feast", make_store)

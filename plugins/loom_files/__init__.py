@@ -43,7 +43,16 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from runtime import ConfigError, DataValidationError, LoomError, NotFoundError, hookimpl, resolve_path, split_uri
+from runtime import (
+    ConfigError,
+    DataValidationError,
+    LoomError,
+    NotFoundError,
+    Register,
+    hookimpl,
+    resolve_path,
+    split_uri,
+)
 
 Format = Literal["csv", "parquet"]
 
@@ -351,7 +360,7 @@ def _factory(scheme: str) -> Callable[..., FileSource]:
 
 
 @hookimpl
-def loom_register_data_sources(register: Callable[[str, Callable[..., Any]], None]) -> None:
+def loom_register_data_sources(register: Register) -> None:
     """``csv://`` and ``parquet://`` name their format; ``file://`` (and a bare path) and the remote schemes
     infer it from suffixes or take the ``format`` option."""
     for scheme in (*LOCAL_SCHEMES, *REMOTE_SCHEMES):

@@ -19,11 +19,10 @@ This plugin uses only ``runtime``'s public API, exactly as a third-party registr
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtime import ConfigError, hookimpl
+from runtime import ConfigError, Register, hookimpl
 
 from ._registry import LocalRegistry
 
@@ -63,6 +62,6 @@ def _create(*, state_dir: Path, options: dict[str, Any]) -> LocalRegistry:
 
 
 @hookimpl
-def loom_register_registries(register: Callable[[str, Callable[..., Any]], None]) -> None:
+def loom_register_registries(register: Register) -> None:
     """Register the ``local`` registry."""
     register("local", _create)

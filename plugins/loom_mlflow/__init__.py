@@ -28,11 +28,10 @@ is turned off (``MLFLOW_DISABLE_TELEMETRY=true`` unless already set), since Loom
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtime import ConfigError, hookimpl
+from runtime import ConfigError, Register, hookimpl
 
 __all__ = ["loom_register_registries"]
 
@@ -86,6 +85,6 @@ def _create(*, state_dir: Path, options: dict[str, Any]) -> Any:
 
 
 @hookimpl
-def loom_register_registries(register: Callable[[str, Callable[..., Any]], None]) -> None:
+def loom_register_registries(register: Register) -> None:
     """Register the ``mlflow`` registry."""
     register("mlflow", _create)

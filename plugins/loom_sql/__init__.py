@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from runtime import ConfigError, NotFoundError, hookimpl, resolve_path
+from runtime import ConfigError, NotFoundError, Register, hookimpl, resolve_path
 
 __all__ = ["loom_register_data_sources", "open_source"]
 
@@ -99,7 +99,7 @@ def _factory(uri: str, *, base_dir: Path, options: dict[str, Any]) -> Any:
 
 
 @hookimpl
-def loom_register_data_sources(register: Callable[[str, Callable[..., Any]], None]) -> None:
+def loom_register_data_sources(register: Register) -> None:
     """``sqlite://``, ``postgresql://`` and its alias ``postgres://``."""
     for scheme in _SCHEMES:
         register(scheme, _factory)

@@ -23,12 +23,11 @@ from typing import Any
 
 import pytest
 
+from ..artifacts import SPEC, WEIGHTS
 from ..errors import InvalidNameError, LoomError, NotFoundError
 from ..registry import FORBIDDEN_ARTIFACT_SUFFIXES, LATEST, ModelRegistry
 from ..tracking import Tracker, compare_runs
 
-WEIGHTS = "model.safetensors"
-SPEC = "model.json"
 
 #: Names that must never reach a path, a URL or a query: traversal, separators, encodings, control characters.
 UNSAFE_NAMES = ("..", "../etc", "a/b", "a\\b", "%2e%2e", "a%2Fb", "a\x00b", "new\nline", "\x1b[31m", "", " lead")

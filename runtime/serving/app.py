@@ -29,6 +29,7 @@ from .openapi import build_openapi
 from .protocol import RequestError
 from .scoring import decode_mlflow, decode_predict
 from .capture import new_request_id
+from .drift import DriftChecks
 from .server import LoadedVersion, ModelServer
 
 log = logging.getLogger("loom.serving")
@@ -76,13 +77,15 @@ async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[byt
 class LoomApp:
     """The ASGI application: auth, body limits and the inference routes; the rest goes to FastAPI."""
 
-    def __init__(self, server: ModelServer):
+    def __init__(self, server: ModelServer, checks: DriftChecks | None = None):
         self.server = server
+        #: Drift checks, feedback and their schedule over the server's captured traffic.
+        self.checks = checks if checks is not None else DriftChecks.of(server)
         cfg = server.project.config
         self.max_body = cfg.serving.max_body_bytes
         self.default_model = cfg.model.name
         self._bearer = f"Bearer {server.token}".encode() if server.token else None
-        self.api = _metadata_api(server)
+        self.api = metadata_api(server, self.checks)
         # In a Serve replica, Serve's request-id middleware puts an X-Request-ID on every request (the client's, or
         # a new one) and echoes it on the response; outside Serve this app does both itself.
         self._echo_request_id = not server.metrics.replica
@@ -228,13 +231,24 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _metadata_api(server: ModelServer) -> FastAPI:
+def metadata_api(server: ModelServer, checks: DriftChecks) -> FastAPI:
     """Metadata, documentation, metrics, monitoring and admin routes."""
     api = FastAPI(title="Loom", version=__version__,
                   description="Models served by Loom: Open Inference Protocol v2, MLflow scoring and record-style "
                               "prediction. Inference routes take `name`, `name@alias` or "
                               "`name/versions/N`.",
                   responses={"default": {"model": ErrorBody, "description": "A client error (4xx), named"}})
+    _error_handlers(api)
+    api.openapi = _openapi_builder(api, server)  # type: ignore[method-assign]
+    _health_routes(api, server)
+    _oip_metadata_routes(api, server)
+    _operations_routes(api, server)
+    _monitoring_routes(api, checks)
+    return api
+
+
+def _error_handlers(api: FastAPI) -> None:
+    """Every error as ``{"error": ...}``: Loom's own, FastAPI's 404/405/422, and a logged generic 500."""
 
     @api.exception_handler(RequestError)
     async def _request_error(_: Request, err: RequestError) -> JSONResponse:
@@ -258,7 +272,11 @@ def _metadata_api(server: ModelServer) -> FastAPI:
         log.exception("unexpected error while serving a request")
         return _error(500, f"internal error ({type(err).__name__}); see the server log")
 
-    def _openapi() -> dict[str, Any]:
+
+def _openapi_builder(api: FastAPI, server: ModelServer) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document with each served model's request schema, rebuilt when the routing table changes."""
+
+    def openapi() -> dict[str, Any]:
         table = server.table
         cached = getattr(api, "_loom_openapi", None)
         if cached is not None and cached[0] == table.generation:
@@ -274,8 +292,11 @@ def _metadata_api(server: ModelServer) -> FastAPI:
         api._loom_openapi = (table.generation, doc)  # type: ignore[attr-defined]
         return doc
 
-    api.openapi = _openapi  # type: ignore[method-assign]
+    return openapi
 
+
+def _health_routes(api: FastAPI, server: ModelServer) -> None:
+    # Documented here; LoomApp answers them itself before FastAPI is reached.
     @api.get("/v2/health/live", tags=["health"], summary="Liveness probe")
     async def live() -> dict[str, bool]:
         return {"live": True}
@@ -283,6 +304,10 @@ def _metadata_api(server: ModelServer) -> FastAPI:
     @api.get("/v2/health/ready", tags=["health"], summary="Readiness probe: 200 once a model is loaded")
     async def ready() -> dict[str, bool]:
         return {"ready": server.ready}
+
+
+def _oip_metadata_routes(api: FastAPI, server: ModelServer) -> None:
+    """Open Inference Protocol v2 server and model metadata, and model readiness."""
 
     @api.get("/v2", tags=["Open Inference Protocol v2"], summary="Server metadata")
     async def server_metadata() -> dict[str, Any]:
@@ -315,6 +340,10 @@ def _metadata_api(server: ModelServer) -> FastAPI:
         lv = server.resolve(name, version)
         return {"name": name, "ready": True, "version": str(lv.version)}
 
+
+def _operations_routes(api: FastAPI, server: ModelServer) -> None:
+    """The routing table and Prometheus metrics."""
+
     @api.get("/models", tags=["admin"], summary="Served models, their live versions, traffic and aliases")
     async def models() -> dict[str, Any]:
         return server.table.to_config()
@@ -324,21 +353,25 @@ def _metadata_api(server: ModelServer) -> FastAPI:
     async def metrics() -> Response:
         return Response(server.metrics.render(), media_type=server.metrics.content_type)
 
+
+def _monitoring_routes(api: FastAPI, checks: DriftChecks) -> None:
+    """Drift checks, the monitor's HTML report, check history and feedback labels."""
+
     @api.get("/monitoring/{name}/drift", tags=["operations"],
              summary="Drift of captured traffic against the training reference")
     async def drift(name: str, version: str | None = None) -> dict[str, Any]:
-        return await run_in_threadpool(server.drift, name, version)
+        return await run_in_threadpool(checks.check, name, version)
 
     @api.get("/monitoring/{name}/report", tags=["operations"], response_class=Response,
              responses={200: {"content": {"text/html": {}}, "description": "Evidently's HTML report"}},
              summary="The drift monitor's HTML report of captured traffic against the training reference")
     async def drift_report(name: str, version: str | None = None) -> Response:
-        return HTMLResponse(await run_in_threadpool(server.checks.html, name, version))
+        return HTMLResponse(await run_in_threadpool(checks.html, name, version))
 
     @api.get("/monitoring/{name}/history", tags=["operations"],
              summary="Summaries of past drift checks of this replica, oldest first")
     async def drift_history(name: str, limit: int | None = None) -> list[dict[str, Any]]:
-        return server.checks.history(name, limit)
+        return checks.history(name, limit)
 
     @api.post("/feedback/{name}", tags=["operations"],
               summary='Ground-truth labels for served request ids: {"labels": [{"id": ..., "label": ...}]}')
@@ -347,6 +380,4 @@ def _metadata_api(server: ModelServer) -> FastAPI:
             payload = json.loads(await request.body())
         except ValueError:
             raise RequestError(400, "the body is not valid JSON") from None
-        return server.checks.feedback(name, payload)
-
-    return api
+        return checks.feedback(name, payload)

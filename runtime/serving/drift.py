@@ -3,6 +3,9 @@ prediction drift, data quality against the declared schema and, once labels arri
 performance. Every statistic comes from the drift-monitor plugin (Evidently by default); this module picks the
 windows, samples large ones, keeps the history, sets the Prometheus gauges, runs the schedule and calls
 ``loom_drift_detected``.
+
+It sits above :class:`~runtime.serving.server.ModelServer`: it reads the server's routes, loaded versions and
+capture store, and the server knows nothing of it. :class:`~runtime.serving.app.LoomApp` builds one per replica.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,16 +27,15 @@ from prometheus_client import Counter, Gauge
 from ..errors import LoomError, PluginError
 from ..model import CATEGORICAL_TYPES
 from ..monitoring import QualityMonitor
-from .capture import CaptureStore
 from .protocol import RequestError
-
-if TYPE_CHECKING:
-    from .server import LoadedVersion, ModelServer
+from .server import LoadedVersion, ModelServer
 
 log = logging.getLogger("loom.serving")
 
 #: Feedback labels kept in memory per model, for performance on the live window.
 FEEDBACK_KEPT = 100_000
+#: Each server's drift checks (see :meth:`DriftChecks.of`).
+_CHECKS: weakref.WeakKeyDictionary[ModelServer, DriftChecks] = weakref.WeakKeyDictionary()
 
 
 class DriftMetrics:
@@ -40,10 +43,6 @@ class DriftMetrics:
 
     def __init__(self, registry: Any, replica: str):
         self.replica = replica
-        self.dropped = Counter("loom_capture_dropped", "Sampled requests dropped instead of stored (overload or a "
-                               "failed write)", ["replica"], registry=registry).labels(replica)
-        self.stored = Counter("loom_capture_stored", "Sampled requests written to the capture store", ["replica"],
-                              registry=registry).labels(replica)
         labels = ["replica", "model", "version"]
         self.score = Gauge("loom_drift_score", "Drift statistic of an input column in the last check (p-value or "
                            "distance, see the JSON report's method)", [*labels, "feature"], registry=registry)
@@ -74,17 +73,14 @@ class DriftMetrics:
 
 
 class DriftChecks:
-    """The replica's capture store, feedback labels, drift checks, their history and the check schedule."""
+    """The replica's feedback labels, drift checks, their history and the check schedule, over the server's
+    captured windows and capture store."""
 
     def __init__(self, server: ModelServer):
         self.server = server
         self.cfg = server.project.config.monitoring
         self.metrics = DriftMetrics(server.metrics.registry, server.metrics.replica)
-        self.store: CaptureStore | None = None
-        if self.cfg.store == "parquet":
-            self.store = CaptureStore(self.store_root, max_pending=self.cfg.max_pending,
-                                      flush_s=self.cfg.flush_interval_s, replica=server.metrics.replica,
-                                      on_drop=self.metrics.dropped.inc, on_write=self.metrics.stored.inc)
+        self.store = server.store
         self._monitor: Any = None
         self._history: dict[str, deque[dict[str, Any]]] = {}
         self._feedback: dict[str, OrderedDict[tuple[str, int], Any]] = {}
@@ -94,9 +90,14 @@ class DriftChecks:
         self._thread: threading.Thread | None = None
         self.start()
 
-    @property
-    def store_root(self):
-        return capture_root(self.server.project)
+    @classmethod
+    def of(cls, server: ModelServer) -> DriftChecks:
+        """The drift checks of ``server``: one per server (their metrics live in the server's registry, and one
+        schedule is enough), made on first use."""
+        checks = _CHECKS.get(server)
+        if checks is None:
+            checks = _CHECKS[server] = cls(server)
+        return checks
 
     @property
     def monitor(self) -> Any:
@@ -253,7 +254,7 @@ class DriftChecks:
         if "performance" in out:
             summary["accuracy"] = out["performance"].get("accuracy")
         self._history.setdefault(name, deque(maxlen=self.cfg.history)).append(summary)
-        path = self.store_root / "drift" / f"model={name}"
+        path = self.server.project.capture_dir / "drift" / f"model={name}"
         try:
             path.mkdir(parents=True, exist_ok=True)
             with open(path / "history.jsonl", "a") as f:
@@ -284,12 +285,6 @@ class DriftChecks:
                     log.info("scheduled drift check of %s skipped: %s", name, err.message)
                 except Exception:  # noqa: BLE001 - a failed check must not stop the schedule
                     log.exception("scheduled drift check of %s failed", name)
-
-
-def capture_root(project: Any):
-    """Where a project's capture store lives: ``monitoring.store_path``, else ``<state_dir>/capture``."""
-    path = project.config.monitoring.store_path
-    return project.path(path) if path else project.state_dir / "capture"
 
 
 def _guard(fn: Any) -> Any:

@@ -1,5 +1,5 @@
 """Prometheus metrics of a serving replica, per model and version: requests by protocol and status code, latency,
-predicted rows and batch sizes. Served at ``/metrics``; each replica answers with its own counts under its
+predicted rows, batch sizes and the capture store's writes and drops. Served at ``/metrics``; each replica answers with its own counts under its
 ``replica`` label, so scrape the replicas, or sum over the label."""
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ class ServingMetrics:
                             registry=self.registry)
         self.batch_rows = Histogram("loom_batch_rows", "Rows per forward pass (dynamic batching)",
                                     ["replica", "model", "version"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self.capture_dropped = Counter("loom_capture_dropped", "Sampled requests dropped instead of stored "
+                                       "(overload or a failed write)", ["replica"],
+                                       registry=self.registry).labels(replica)
+        self.capture_stored = Counter("loom_capture_stored", "Sampled requests written to the capture store",
+                                      ["replica"], registry=self.registry).labels(replica)
         self._requests: dict[tuple[str, str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, model: str, version: str, protocol: str, code: int, seconds: float) -> None:

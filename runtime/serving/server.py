@@ -1,12 +1,12 @@
 """The model server of one replica: the live model versions and the routing table between them, dynamic batching,
-online feature look-ups, the capture of served rows for the drift monitor, and metrics. Framework-free;
-:mod:`.app` puts HTTP in front of it and :mod:`.deploy` puts it on Ray Serve."""
+online feature look-ups, the capture of served rows (and the store they are flushed to), and metrics.
+Framework-free, and it knows nothing of drift: :mod:`.drift` checks what it captured, :mod:`.app` puts HTTP in
+front of both, and :mod:`.rollout` puts them on Ray Serve."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import logging
 import time
 from collections.abc import Mapping
@@ -19,11 +19,10 @@ import torch
 
 from ..config import Project, load_project
 from ..errors import LoomError
-from ..model import ModelBundle
+from ..model import ModelBundle, read_reference
 from ..plugins import Plugins, get_plugins
 from .batching import MicroBatcher
-from .capture import Capture
-from .drift import DriftChecks
+from .capture import Capture, CaptureStore
 from .encoding import FeatureEncoder
 from .metrics import ServingMetrics
 from .oip import label_datatype
@@ -32,7 +31,6 @@ from .routing import ModelRoutes, RoutingTable
 
 log = logging.getLogger("loom.serving")
 
-REFERENCE = "reference.parquet"
 #: Net allocations between collections of the youngest generation in a serving process (see ``_settle_heap``).
 GEN0_THRESHOLD = 10_000
 
@@ -105,7 +103,13 @@ class ModelServer:
         self._state = _State(RoutingTable(), {})
         self._store: Any = None
         self._service = cfg.feature_definitions.service
-        self.checks = DriftChecks(self)
+        mon = cfg.monitoring
+        #: Where captured samples and feedback are flushed (``None`` with ``monitoring.store: memory``).
+        self.store: CaptureStore | None = None
+        if mon.store == "parquet":
+            self.store = CaptureStore(project.capture_dir, max_pending=mon.max_pending, flush_s=mon.flush_interval_s,
+                                      replica=replica, on_drop=self.metrics.capture_dropped.inc,
+                                      on_write=self.metrics.capture_stored.inc)
 
     @classmethod
     def from_project(cls, root: str, *, token: str | None = None, replica: str = "") -> ModelServer:
@@ -125,13 +129,10 @@ class ModelServer:
     def load(self, name: str, version: int) -> LoadedVersion:
         """Read a version from the registry and build it (safetensors weights, an imported architecture)."""
         mv = self.registry.get_version(name, version)
-        arts = {a: self.registry.read_artifact(name, mv.version, a) for a in ("model.json", "model.safetensors")}
-        reference = None
-        if REFERENCE in mv.artifacts:
-            reference = pd.read_parquet(io.BytesIO(self.registry.read_artifact(name, mv.version, REFERENCE)))
+        bundle = ModelBundle.from_registry(self.registry, name, mv.version)
+        reference = read_reference(self.registry, mv)
         mon = self.project.config.monitoring
-        bundle = ModelBundle.from_artifacts(arts)
-        capture = Capture(name, mv.version, mon.window, mon.sample_rate, store=self.checks.store,
+        capture = Capture(name, mv.version, mon.window, mon.sample_rate, store=self.store,
                           schema=bundle.inputs, numeric=tuple(bundle.preprocessor.numeric))
         return LoadedVersion(name, mv.version, bundle, reference, capture)
 
@@ -180,7 +181,6 @@ class ModelServer:
 
     async def reconfigure(self, table: RoutingTable) -> None:
         """:meth:`apply` without blocking the event loop: loading runs on a thread while requests keep flowing."""
-        self.checks.start()
         loop = asyncio.get_running_loop()
         loaded = await asyncio.gather(*(loop.run_in_executor(None, self.load, *key) for key in self._missing(table)))
         new = {(lv.name, lv.version): lv for lv in loaded}
@@ -257,10 +257,3 @@ class ModelServer:
                 s = s.dt.strftime("%Y-%m-%dT%H:%M:%S")
             cols[c] = s.astype(object).where(s.notna(), None).tolist()
         return check_columns(cols, lv.schema)
-
-    # -- monitoring --------------------------------------------------------------------------------------------
-
-    def drift(self, name: str, version: str | None = None) -> dict[str, Any]:
-        """Check the captured window of a version (the primary by default) against its training reference with
-        the drift-monitor plugin (see :class:`~runtime.serving.drift.DriftChecks`)."""
-        return self.checks.check(name, version)

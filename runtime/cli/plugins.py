@@ -1,15 +1,19 @@
-"""``loom plugin new NAME``: a new, installable plugin package with a hook implementation and a passing test."""
+"""``loom plugin new NAME``: a new, installable plugin package with a hook implementation and a passing test; and
+``loom plugins``: the plugins loaded, with the hooks each implements."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from pathlib import Path
 from string import Template
 
 import click
+from rich.table import Table
 
-from ._version import __version__
-from .errors import InvalidNameError, LoomError
+from .._version import __version__
+from ..errors import InvalidNameError, LoomError
+from ._common import json_option, out, print_json
 
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
 
@@ -142,3 +146,20 @@ def new(name: str, parent: Path) -> None:
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         click.echo(f"  {path.relative_to(root)}")
     click.echo(f"\nnext:\n  pip install -e '{root}[test]'\n  loom plugins\n  pytest {root}")
+
+
+@click.command()
+@json_option()
+def plugins(as_json: bool) -> None:
+    """List loaded plugins with their distribution, version and the hooks each implements."""
+    from ..plugins import get_plugins
+
+    infos = get_plugins().info()
+    if as_json:
+        print_json([asdict(i) for i in infos])
+        return
+    table = Table("plugin", "module", "distribution", "version", "hooks", "provides")
+    for i in infos:
+        provides = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in i.provides.items())
+        table.add_row(i.name, i.module, i.dist or "-", i.version or "-", "\n".join(i.hooks) or "-", provides or "-")
+    out.print(table)

@@ -6,6 +6,9 @@ import logging
 import os
 from typing import Any
 
+from .ingress import configure_environment
+from .ports import free_port
+
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[str, Any]:
     """Connect this process to Ray once; return the cluster's resources.
@@ -28,9 +31,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
         if address:
             ray.init(address=address, **common)
         else:
-            from .serving.ingress import configure_environment
-
             configure_environment()  # HAProxy ingress for Ray Serve; read by every process of the cluster
+            # Ray 2.60 turns token authentication on for every new local cluster and warns about it on each start;
+            # it is what Loom wants (README: security), so the embedded cluster starts quietly.
+            _quiet_token_auth_notice()
             # The dashboard (bound to loopback) backs Ray's state and jobs APIs, which Ray Train uses.
             # address="local": always a new cluster, never one a `ray start` on this host left in
             # /tmp/ray/ray_current_cluster (plain ray.init() would join that one, or fail if it is gone).
@@ -49,15 +53,6 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
     return dict(ray.cluster_resources())
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (for a server Loom starts: the dashboard, HAProxy's side ports)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def project_runtime_env(project: Any) -> dict[str, Any]:
     """The runtime environment Loom gives its Ray Train workers and Serve replicas.
 
@@ -69,3 +64,15 @@ def project_runtime_env(project: Any) -> dict[str, Any]:
     paths = [str(project.root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)),
                          "LOOM_STATE_DIR": str(project.state_dir)}}
+
+
+class _DropTokenAuthNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+def _quiet_token_auth_notice() -> None:
+    """Drop Ray's "Token authentication is enabled" start-up warning (only that message)."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropTokenAuthNotice) for f in logger.filters):
+        logger.addFilter(_DropTokenAuthNotice())

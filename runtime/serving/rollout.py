@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
-import urllib.error
-import urllib.request
 from importlib import resources
 from typing import Any
 
@@ -30,6 +27,7 @@ from ..model import ModelBundle
 from ..names import check_name
 from ..plugins import get_plugins
 from .app import LoomApp
+from .client import ServingClient, serving_token, url_of
 from .routing import RoutingTable
 from .server import ModelServer
 
@@ -46,9 +44,10 @@ class LoomIngress:
         except Exception:  # noqa: BLE001 - outside a replica (local testing mode)
             replica = ""
         self.server = ModelServer.from_project(root, token=token, replica=replica)
+        self._loom_app = LoomApp(self.server)  # with the replica's drift checks and their schedule (`app` is Serve's)
 
     def __serve_build_asgi_app__(self) -> LoomApp:
-        return LoomApp(self.server)
+        return self._loom_app
 
     async def reconfigure(self, config: dict) -> None:
         await self.server.reconfigure(RoutingTable.from_config(config))
@@ -67,28 +66,12 @@ def app_name(project: Project) -> str:
     return check_name(f"loom-{project.config.name}", "project name")
 
 
-def url_of(project: Project) -> str:
-    cfg = project.config.serving
-    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
-    return f"http://{host}:{cfg.port}{'' if cfg.route_prefix == '/' else cfg.route_prefix}"
-
-
-def _token(project: Project) -> str | None:
-    cfg = project.config.serving
-    if not cfg.auth_token_env:
-        return None
-    token = os.environ.get(cfg.auth_token_env)
-    if not token:
-        raise LoomError(f"serving.auth_token_env is {cfg.auth_token_env!r} but that environment variable is empty")
-    return token
-
-
 def _code_version(project: Project, token: str | None) -> str:
     """Changes when what a replica runs changes (Loom's code, the project, the token), not with the routing table."""
     h = hashlib.sha256(f"{__version__}\0{project.root}\0{token or ''}".encode())
-    for module in ("app", "batching", "encoding", "metrics", "oip", "openapi", "protocol", "routing", "scoring",
-                   "server", "deploy"):
-        h.update(resources.files(__package__).joinpath(f"{module}.py").read_bytes())
+    for module in sorted((f for f in resources.files(__package__).iterdir() if f.name.endswith(".py")),
+                         key=lambda f: f.name):
+        h.update(module.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -147,7 +130,7 @@ def deployment_options(project: Project, table: RoutingTable) -> dict[str, Any]:
 def _apply(project: Project, table: RoutingTable, *, timeout_s: float) -> str:
     """Deploy the application with ``table``: created if absent, else updated in place."""
     cfg = project.config.serving
-    token = _token(project)
+    token = serving_token(project)
     _quiet_serve_logs()
     _start_serve(cfg.host, cfg.port, cfg.proxy_location)
     deployment = serve.deployment(LoomIngress).options(version=_code_version(project, token), _internal=True,
@@ -160,18 +143,15 @@ def _apply(project: Project, table: RoutingTable, *, timeout_s: float) -> str:
 
 def _wait_serving(url: str, table: RoutingTable, token: str | None, timeout_s: float) -> None:
     """Wait until the HTTP ingress answers with this table (HAProxy picks new replicas up within a reload)."""
-    import json
-
+    client = ServingClient(url, token, timeout_s=5)
     deadline = time.monotonic() + timeout_s
     last: object = None
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(urllib.request.Request(f"{url}/models", headers=headers), timeout=5) as r:
-                if json.loads(r.read()).get("generation") == table.generation:
-                    return
-                last = "an older routing table"
-        except (urllib.error.URLError, OSError, ValueError) as err:
+            if client.routes().get("generation") == table.generation:
+                return
+            last = "an older routing table"
+        except LoomError as err:
             last = err
         time.sleep(0.2)
     raise LoomError(f"served app did not answer at {url} within {timeout_s:.0f}s ({last})")
@@ -181,8 +161,7 @@ def _check_version(project: Project, model: str, ref: int | str) -> int:
     """Resolve a reference to a version number and check that it builds, before any replica tries."""
     registry = _registry(project)
     mv = registry.get_version(model, ref)
-    arts = {a: registry.read_artifact(model, mv.version, a) for a in ("model.json", "model.safetensors")}
-    ModelBundle.from_artifacts(arts).build()
+    ModelBundle.from_registry(registry, model, mv.version).build()
     return mv.version
 
 

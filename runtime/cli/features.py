@@ -6,23 +6,18 @@ through the same :class:`runtime.Pipeline` and :class:`runtime.FeatureService` c
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from .errors import ConfigError, NotFoundError
-
-console = Console(stderr=True)
-out = Console()
-
-_PROJECT = click.option("-p", "--project", default=".", show_default=True, type=click.Path(exists=True),
-                        help="Project directory (or its loom.yaml).")
+from ..errors import ConfigError, NotFoundError
+from ._common import console, json_option, out, print_json, project_option
 
 
 def _pipeline(project: str) -> Any:
-    from .pipeline import Pipeline
+    from ..pipeline import Pipeline
 
     return Pipeline(project, console=console)
 
@@ -69,7 +64,7 @@ def features() -> None:
 
 
 @features.command("list")
-@_PROJECT
+@project_option()
 def list_(project: str) -> None:
     """Show the entities, feature views and feature services loom.yaml defines."""
     pipe = _pipeline(project)
@@ -86,7 +81,7 @@ def list_(project: str) -> None:
 
 
 @features.command()
-@_PROJECT
+@project_option()
 @click.option("--view", "views", multiple=True, help="Only this view (repeatable); default: every view.")
 @click.option("--since", help="Copy rows stamped after this time (ISO 8601); default: whatever is new since the "
               "last materialisation.")
@@ -103,10 +98,10 @@ def materialize(project: str, views: tuple[str, ...], since: str | None) -> None
 
 
 @features.command()
-@_PROJECT
+@project_option()
 @click.argument("entities", nargs=-1, required=True)
 @click.option("--service", help="Feature service to read (default: the model's, features.service).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON records instead of a table.")
+@json_option("Print JSON records instead of a table.")
 def get(project: str, entities: tuple[str, ...], service: str | None, as_json: bool) -> None:
     """Look ENTITIES up in the online store: key values, or key=value,key=value for several join keys."""
     pipe = _pipeline(project)
@@ -121,7 +116,7 @@ def get(project: str, entities: tuple[str, ...], service: str | None, as_json: b
         frame.insert(0, key, values)
     pipe.feature_store.close()
     if as_json:
-        out.print_json(frame.to_json(orient="records", date_format="iso"))
+        print_json(json.loads(frame.to_json(orient="records", date_format="iso")))
         return
     table = Table(*map(str, frame.columns))
     for record in frame.astype(object).where(frame.notna(), None).itertuples(index=False):
@@ -130,15 +125,15 @@ def get(project: str, entities: tuple[str, ...], service: str | None, as_json: b
 
 
 @features.command()
-@_PROJECT
+@project_option()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--view", required=True, help="Feature view the rows belong to.")
 def push(project: str, file: str, view: str) -> None:
     """Write fresh feature values from FILE (CSV or Parquet) straight to the online store, and offline."""
     from pathlib import Path
 
-    from .config import ColumnSpec
-    from .validation import validate_frame
+    from ..config import ColumnSpec
+    from ..validation import validate_frame
 
     pipe = _pipeline(project)
     defs = _apply(pipe)

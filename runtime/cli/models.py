@@ -7,56 +7,32 @@ Both groups work on whichever registry plugin the project's ``loom.yaml`` select
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from .errors import LoomError
-from .registry import LATEST, ModelRegistry, ModelVersion, check_alias, parse_ref
-from .tracking import Run, Tracker, compare_runs
-
-out = Console()
-
-project_option = click.option(
-    "-p", "--project", default=".", show_default=True, type=click.Path(exists=True, file_okay=True),
-    help="Project directory (or its loom.yaml).",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+from ..errors import LoomError
+from ..registry import LATEST, ModelRegistry, ModelVersion, check_alias, parse_ref
+from ..tracking import Run, Tracker, compare_runs
+from ._common import json_option, out, print_json, project_option
 
 
 def _registry(project: str) -> ModelRegistry:
-    from .pipeline import Pipeline
+    from ..pipeline import Pipeline
 
     return Pipeline(project).registry
 
 
 def _tracker(project: str) -> Tracker:
-    from .pipeline import Pipeline
+    from ..pipeline import Pipeline
 
     pipe = Pipeline(project)
     if pipe.tracker is None:
         raise LoomError(f"the {pipe.project.config.registry.kind!r} registry does not track runs")
     return pipe.tracker
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: they print as ``null``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _print_json(data: Any) -> None:
-    click.echo(json.dumps(_finite(data), indent=2, sort_keys=False))
 
 
 def _when(timestamp: float | None) -> str:
@@ -97,8 +73,8 @@ def models() -> None:
 
 
 @models.command("list")
-@project_option
-@json_option
+@project_option()
+@json_option()
 def models_list(project: str, as_json: bool) -> None:
     """Every registered model with its newest version and aliases."""
     registry = _registry(project)
@@ -111,7 +87,7 @@ def models_list(project: str, as_json: bool) -> None:
                      "aliases": dict(sorted(aliases.items())),
                      "updated_at": latest.created_at if latest else None})
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table("model", "versions", "latest", "aliases", "last registered")
     for r in rows:
@@ -122,13 +98,13 @@ def models_list(project: str, as_json: bool) -> None:
 
 @models.command("versions")
 @click.argument("name")
-@project_option
-@json_option
+@project_option()
+@json_option()
 def models_versions(name: str, project: str, as_json: bool) -> None:
     """Every version of model NAME, oldest first."""
     versions = _registry(project).list_versions(name)
     if as_json:
-        _print_json([_version_dict(v) for v in versions])
+        print_json([_version_dict(v) for v in versions])
         return
     table = Table("version", "registered", "aliases", "run", "metrics", "description", title=name)
     for v in versions:
@@ -140,13 +116,13 @@ def models_versions(name: str, project: str, as_json: bool) -> None:
 @models.command("show")
 @click.argument("name")
 @click.argument("ref", default=LATEST)
-@project_option
-@json_option
+@project_option()
+@json_option()
 def models_show(name: str, ref: str, project: str, as_json: bool) -> None:
     """One version of model NAME (REF: a number, an alias or 'latest', the default) with its lineage."""
     v = _registry(project).get_version(name, parse_ref(ref))
     if as_json:
-        _print_json(_version_dict(v))
+        print_json(_version_dict(v))
         return
     table = Table(show_header=False, title=f"{v.name} version {v.version}", title_justify="left")
     table.add_column(style="bold")
@@ -189,7 +165,7 @@ def models_show(name: str, ref: str, project: str, as_json: bool) -> None:
 @click.argument("alias")
 @click.argument("version", type=int, required=False)
 @click.option("--delete", is_flag=True, help="Remove the alias instead of setting it.")
-@project_option
+@project_option()
 def models_alias(name: str, alias: str, version: int | None, delete: bool, project: str) -> None:
     """Point ALIAS of model NAME at VERSION, or remove it with --delete.
 
@@ -213,7 +189,7 @@ def models_alias(name: str, alias: str, version: int | None, delete: bool, proje
 @click.argument("name")
 @click.argument("version", type=int)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@project_option
+@project_option()
 def models_delete(name: str, version: int, yes: bool, project: str) -> None:
     """Delete VERSION of model NAME and the aliases pointing at it (its number is never reused)."""
     registry = _registry(project)
@@ -236,13 +212,13 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option("-e", "--experiment", help="Only runs of this experiment (default: all).")
-@project_option
-@json_option
+@project_option()
+@json_option()
 def runs_list(experiment: str | None, project: str, as_json: bool) -> None:
     """Runs, newest first."""
     found = _tracker(project).list_runs(experiment)
     if as_json:
-        _print_json([_run_dict(r) for r in found])
+        print_json([_run_dict(r) for r in found])
         return
     table = Table("run", "experiment", "name", "status", "started", "duration", "metrics")
     for r in found:
@@ -258,15 +234,15 @@ def _status(status: str) -> str:
 
 @runs.command("show")
 @click.argument("run_id")
-@project_option
-@json_option
+@project_option()
+@json_option()
 def runs_show(run_id: str, project: str, as_json: bool) -> None:
     """One run: params, the history of every metric, and its artifacts."""
     tracker = _tracker(project)
     r = tracker.get_run(run_id)
     history = {key: tracker.metric_history(run_id, key) for key in sorted(r.metrics)}
     if as_json:
-        _print_json({**_run_dict(r), "history": {k: [asdict(p) for p in points] for k, points in history.items()}})
+        print_json({**_run_dict(r), "history": {k: [asdict(p) for p in points] for k, points in history.items()}})
         return
     table = Table(show_header=False, title=f"run {r.id}", title_justify="left")
     table.add_column(style="bold")
@@ -290,8 +266,8 @@ def runs_show(run_id: str, project: str, as_json: bool) -> None:
 
 @runs.command("compare")
 @click.argument("run_ids", nargs=-1, required=True)
-@project_option
-@json_option
+@project_option()
+@json_option()
 def runs_compare(run_ids: tuple[str, ...], project: str, as_json: bool) -> None:
     """Runs side by side: every param (those that differ in yellow) and every metric's final value."""
     if len(run_ids) < 2:
@@ -299,7 +275,7 @@ def runs_compare(run_ids: tuple[str, ...], project: str, as_json: bool) -> None:
     tracker = _tracker(project)
     cmp = compare_runs(tracker.get_run(r) for r in run_ids)
     if as_json:
-        _print_json(cmp.to_dict())
+        print_json(cmp.to_dict())
         return
     table = Table("", *(f"{r.name}\n{r.id[:12]}" for r in cmp.runs))
     differing = set(cmp.differing_params)

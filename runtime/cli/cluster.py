@@ -7,12 +7,10 @@ import shlex
 import time
 
 import click
-from rich.console import Console
 
-from .config import load_project
-from .errors import LoomError
+from ..errors import LoomError
+from ._common import console, open_project, project_option
 
-console = Console(stderr=True)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -35,7 +33,7 @@ def _client(address: str | None):
 
 
 @click.command()
-@click.argument("project", default=".", type=click.Path(exists=True, file_okay=False))
+@project_option(positional=True, file_okay=False)
 @click.option("--address", help="Ray dashboard / Jobs API address (default: $RAY_API_SERVER_ADDRESS or "
                                 "http://127.0.0.1:8265).")
 @click.option("--command", "stage", type=click.Choice(["up", "train", "validate", "deploy"]), default="up",
@@ -44,7 +42,7 @@ def _client(address: str | None):
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the job and stream its logs.")
 def submit(project: str, address: str | None, stage: str, state_dir: str | None, wait: bool) -> None:
     """Ship PROJECT to a Ray cluster as a job (its working directory) and run `loom <command>` there."""
-    proj = load_project(project)
+    proj = open_project(project)
     client = _client(address)
     env = {"LOOM_STATE_DIR": state_dir} if state_dir else {}
     entrypoint = f"loom {stage} ." + (" --detach" if stage in ("up", "deploy") else "")

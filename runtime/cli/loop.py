@@ -4,15 +4,12 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 
-from .config import load_project
-
-console = Console(stderr=True)
+from ._common import console, project_option, served_project
 
 
 @click.command("loop")
-@click.argument("project", default=".", type=click.Path(exists=True, file_okay=True))
+@project_option(positional=True)
 @click.option("--interval", type=float, help="Seconds between steps (default: monitoring.interval_s, else 60).")
 @click.option("--once", is_flag=True, help="Do one step (check drift, or judge the running canary) and exit.")
 @click.option("--address", help="Ray cluster serving the project (default: $RAY_ADDRESS, else the local one).")
@@ -20,10 +17,8 @@ def loop(project: str, interval: float | None, once: bool, address: str | None) 
     """Watch served traffic for drift; on drift retrain, deploy a canary, then promote or roll it back.
 
     Needs monitoring.retrain.enabled: true. Every step is logged and tagged on the version (loom models show)."""
-    from .cli_serving import attach
-    from .retrain_loop import RetrainLoop
+    from ..retrain_loop import RetrainLoop
 
-    proj = load_project(project)
-    attach(address)
+    proj = served_project(project, address)
     every = interval or proj.config.monitoring.interval_s or 60
     RetrainLoop(proj, console=console).run(every, max_steps=1 if once else None)

@@ -25,7 +25,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from ..cluster import free_port
+from .ports import free_port
 
 log = logging.getLogger("loom.serving")
 
@@ -33,7 +33,7 @@ INGRESS_ENV = "LOOM_SERVE_INGRESS"
 HAPROXY, PROXY = "haproxy", "proxy"
 
 _WRAPPER = """#!/bin/sh
-# Written by Loom (runtime/serving/ingress.py): bind HAProxy's stats page and Prometheus exporter to loopback, keep
+# Written by Loom (runtime/cluster/ingress.py): bind HAProxy's stats page and Prometheus exporter to loopback, keep
 # HAProxy's own 502/503/504 answers, tell replicas not to watch for client disconnects (inference requests are
 # short; watching costs two tasks per request), then run Ray's HAProxy with the arguments Ray Serve gave.
 prev=""

@@ -1,0 +1,5 @@
+"""``python -m runtime.cli``: the ``loom`` command."""
+
+from . import main
+
+main()

@@ -1,0 +1,72 @@
+"""What a trained version was made from, as one key: the data's fingerprints, the project's settings that shape
+training, and the code (Loom, torch, the project's own Python files). ``loom up`` reuses a registered version with
+the same key instead of training an identical one again (``--retrain`` trains anyway).
+
+Left out of the key on purpose: ``serving:`` and ``monitoring:`` (except ``monitoring.reference_rows``, which
+shapes the reference sample stored with the version), and the git commit (a commit that touches only the README
+must not force a retrain); the project's ``*.py`` files are hashed instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from ._version import __version__
+from .config import Project
+from .registry import ModelRegistry, ModelVersion
+
+#: The version tag that holds the key.
+LINEAGE_TAG = "loom.lineage_key"
+#: Directories of a project that hold no code of its own.
+_SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
+
+
+def lineage_key(project: Project, fingerprints: Mapping[str, str]) -> str:
+    """The key of training ``project`` on data with these fingerprints (source URI -> fingerprint)."""
+    cfg = project.config
+    settings = cfg.model_dump(mode="json", exclude={"serving", "monitoring", "state_dir"})
+    settings["reference_rows"] = cfg.monitoring.reference_rows
+    h = hashlib.sha256()
+    for part in (json.dumps(dict(sorted(fingerprints.items()))), json.dumps(settings, sort_keys=True),
+                 __version__, _version("torch")):
+        h.update(part.encode())
+        h.update(b"\0")
+    for path in project_code(project):
+        h.update(path.relative_to(project.root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"sha256:{h.hexdigest()}"
+
+
+def project_code(project: Project) -> list[Path]:
+    """The project's own Python files (an architecture, plugins, a data generator), outside hidden directories
+    and the state directory."""
+    root, state = project.root, project.state_dir
+    out = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _SKIP_DIRS and here / d != state)
+        out += [here / f for f in sorted(files) if f.endswith(".py")]
+    return out
+
+
+def find_version(registry: ModelRegistry, model: str, key: str) -> ModelVersion | None:
+    """The latest registered version of ``model`` with this lineage key, if any."""
+    from .errors import NotFoundError
+
+    try:
+        versions = registry.list_versions(model)
+    except NotFoundError:
+        return None
+    matching = [v for v in versions if v.tags.get(LINEAGE_TAG) == key]
+    return max(matching, key=lambda v: v.version) if matching else None
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return ""
