@@ -111,7 +111,7 @@ def make_project(work: Path, port: int, wide_hidden: list[int], *, sample_rate: 
     registry = get_plugins().registry("local", state_dir=project.state_dir, options={})
     for name, hidden in (("tiny", [64]), ("wide", wide_hidden)):
         torch.manual_seed(0)
-        kwargs = {"n_inputs": N_INPUTS, "hidden": hidden, "n_classes": 2, "dropout": 0.0}
+        kwargs = {"in_features": N_INPUTS, "hidden": hidden, "out_features": 2, "dropout": 0.0}
         bundle = ModelBundle(architecture="runtime.model:TabularMLP", kwargs=kwargs, preprocessor=pre,
                              classes=[False, True], inputs={c: s.model_dump(exclude_none=True) for c, s in schema.items()},
                              label="y", state_dict=TabularMLP(**kwargs).state_dict())

@@ -83,7 +83,7 @@ def main() -> None:
     args = ap.parse_args()
     arrays = make_arrays(args.rows)
     config = {"architecture": "runtime.model:TabularMLP",
-              "kwargs": {"n_inputs": 32, "hidden": [256, 256], "n_classes": 2, "dropout": 0.0},
+              "kwargs": {"in_features": 32, "hidden": [256, 256], "out_features": 2, "dropout": 0.0},
               "epochs": args.epochs, "batch_size": 256, "learning_rate": 1e-3, "seed": 0}
     torchrun, ray = [], []
     with tempfile.TemporaryDirectory() as d:

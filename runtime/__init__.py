@@ -49,6 +49,8 @@ _LAZY = {
     "ValidationReport": "runtime.validation",
     "Pipeline": "runtime.pipeline",
     "connect": "runtime.cluster",
+    "TrainingStep": "runtime.steps",
+    "StepContext": "runtime.steps",
 }
 
 
@@ -90,7 +92,9 @@ __all__ = [
     "ProjectConfig",
     "Register",
     "Run",
+    "StepContext",
     "Tracker",
+    "TrainingStep",
     "ValidationReport",
     "__version__",
     "check_alias",

@@ -26,7 +26,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-ColumnType = Literal["int", "float", "bool", "string", "category", "timestamp"]
+ColumnType = Literal["int", "float", "bool", "string", "category", "timestamp", "tensor"]
+#: Element types of a tensor column (Open Inference Protocol names).
+TensorDType = Literal["FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+                      "UINT64", "BOOL"]
 
 
 class ColumnSpec(_Strict):
@@ -37,9 +40,20 @@ class ColumnSpec(_Strict):
     min: float | None = Field(None, description="Smallest allowed value (numeric columns).")
     max: float | None = Field(None, description="Largest allowed value (numeric columns).")
     categories: list[str] | None = Field(None, description="Allowed values (category columns).")
+    dtype: TensorDType | None = Field(None, description="Element type of a tensor column (default FP32).")
+    shape: list[int] | None = Field(None, description="Per-row shape of a tensor column, e.g. [1, 28, 28]: each "
+                                                      "row is a Parquet list (or fixed-size list) or the path of "
+                                                      "a .npy file.")
 
     @model_validator(mode="after")
     def _checks_fit_the_type(self) -> ColumnSpec:
+        if self.type == "tensor":
+            if not self.shape or len(self.shape) > 8 or any(d < 1 for d in self.shape):
+                raise ValueError("a tensor column needs 'shape': 1 to 8 positive dimensions, e.g. [1, 28, 28]")
+            if self.dtype is None:
+                object.__setattr__(self, "dtype", "FP32")
+        elif self.dtype is not None or self.shape is not None:
+            raise ValueError(f"dtype and shape apply to tensor columns, not {self.type} (use type: tensor)")
         if self.type not in ("int", "float") and (self.min is not None or self.max is not None):
             raise ValueError(f"min/max apply to int and float columns, not {self.type}")
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -90,9 +104,14 @@ class DataConfig(_Strict):
 
     @property
     def feature_columns(self) -> list[str]:
-        """Columns the model reads: everything declared except entity, timestamp and label."""
+        """Tabular columns the model reads: everything declared except entity, timestamp, label and tensors."""
         skip = {self.entity, self.timestamp, self.label}
-        return [c for c in self.columns if c not in skip]
+        return [c for c, s in self.columns.items() if c not in skip and s.type != "tensor"]
+
+    @property
+    def tensor_columns(self) -> list[str]:
+        """Tensor inputs: read with the labels, straight from the data source (never through the feature store)."""
+        return [c for c, s in self.columns.items() if s.type == "tensor"]
 
 
 class EntityConfig(_Strict):
@@ -205,15 +224,21 @@ def resolve_features(data: DataConfig, features: FeaturesConfig) -> FeatureDefin
         for role, col in (("join key", key), ("timestamp", timestamp)):
             if col not in cols:
                 raise ConfigError(f"{where}: {role} column {col!r} is not declared in the view's source columns")
-        chosen = spec.features if spec.features is not None else [c for c in cols if c not in skip]
+        chosen = (spec.features if spec.features is not None
+                  else [c for c, s in cols.items() if c not in skip and s.type != "tensor"])
         for f in chosen:
             if f not in cols or f in (key, timestamp):
                 raise ConfigError(f"{where}: feature {f!r} is not a declared column of the view's source")
+            if cols[f].type == "tensor":
+                raise ConfigError(f"{where}: {f!r} is a tensor column; tensors are model inputs read with the "
+                                  "labels, not features of a view")
             if spec.source is None and f == data.label:
                 raise ConfigError(f"{where}: {f!r} is the label (data.label); a feature made of it would leak it")
             if f in columns and columns[f] != cols[f]:
                 raise ConfigError(f"{where}: feature {f!r} is declared differently in another view")
             columns[f] = cols[f]
+        if not chosen and spec.source is None and spec.features is None and data.tensor_columns:
+            continue  # a model of tensor inputs only: nothing for the feature store
         ttl = timedelta(days=spec.ttl_days) if spec.ttl_days else None
         dtypes = {c: cols[c].type for c in (key, *chosen)}
         views[name] = FeatureView(name=name, entity=key, timestamp=timestamp, features=tuple(chosen), ttl=ttl,
@@ -234,6 +259,8 @@ def resolve_features(data: DataConfig, features: FeaturesConfig) -> FeatureDefin
         service = next(iter(services.values()))
     elif services:
         raise ConfigError(f"features.service must name the service the model uses (one of {', '.join(services)})")
+    elif not views:  # tensor inputs only (see above)
+        service = FeatureService(name="none", projections=())
     else:
         service = FeatureService(name=next(iter(views)) if len(views) == 1 else "all",
                                  projections=tuple(views.values()))
@@ -249,11 +276,20 @@ class ModelConfig(_Strict):
     """The model to train and serve."""
 
     name: str = Field(description="Registered model name; also the serving route, e.g. /v2/models/<name>.")
+    task: Literal["classification", "regression"] | None = Field(
+        None, description="What the model predicts: classes or a number. Default: from the label's declared type "
+                          "(float -> regression, anything else -> classification).")
     architecture: str = Field(
-        "runtime.model:TabularMLP", description="Import path 'module:Class' of the torch.nn.Module to train."
+        "runtime.model:TabularMLP", description="Import path 'module:Class' of the torch.nn.Module to train; the "
+                                                "module may live in the project directory (docs/models.md)."
     )
-    hidden: list[int] = Field(default_factory=lambda: [64, 32], description="Hidden layer widths of the MLP.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout between hidden layers.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the architecture's constructor. Loom adds "
+                                          "in_features/out_features (tabular inputs) and input_shapes (tensor "
+                                          "inputs) when the constructor takes them.")
+    hidden: list[int] = Field(default_factory=lambda: [64, 32], description="Hidden layer widths of the built-in "
+                                                                            "MLP (its 'hidden' option).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout between hidden layers of the built-in MLP.")
 
     @field_validator("name")
     @classmethod
@@ -272,6 +308,12 @@ class TrainingConfig(_Strict):
     validation_fraction: float = Field(0.2, gt=0, lt=1, description="Latest fraction of rows (by time) held out.")
     seed: int = Field(0, description="Random seed for weights and shuffling.")
     max_failures: int = Field(2, ge=0, description="Worker-group restarts (from the last checkpoint) before giving up.")
+    step: str | None = Field(
+        None, description="Import path 'module:callable' of your own training step (docs/models.md): called with a "
+                          "runtime.StepContext, it returns the step object. Default: Loom's runtime.TrainingStep.")
+    step_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options the training step reads from its context (ctx.options), e.g. "
+                                          "clip_grad_norm for the default step.")
 
 
 class RegistryConfig(_Strict):
@@ -343,7 +385,8 @@ class RetrainConfig(_Strict):
     source: str | None = Field(None, description="Data source URI of fresh training data (default: data.source).")
     canary_percent: int = Field(10, ge=1, le=99, description="Traffic share of the retrained version while judged.")
     min_labelled: int = Field(100, ge=1, description="Labelled served rows needed to judge the canary.")
-    min_improvement: float = Field(0.0, ge=0, description="Accuracy the new version must gain to be promoted.")
+    min_improvement: float = Field(0.0, ge=0, description="How much the new version must improve the task's metric to be "
+                                                        "promoted: accuracy gained, or RMSE lost (regression).")
     cooldown_s: float = Field(600, ge=0, description="Seconds after a retrain before drift can start another.")
 
 

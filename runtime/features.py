@@ -57,7 +57,7 @@ class FeatureService:
                     raise ConfigError(f"feature service {self.name!r}: feature {f!r} comes from both view "
                                       f"{seen[f]!r} and view {view.name!r}; feature names must be unique")
                 seen[f] = view.name
-        if not seen:
+        if not seen and self.projections:  # no view at all: a model of tensor inputs only
             raise ConfigError(f"feature service {self.name!r} has no features")
 
     @classmethod

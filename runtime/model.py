@@ -1,10 +1,16 @@
-"""Model bundles: the architecture's import path, its constructor arguments, the input preprocessing and the
-weights as safetensors. Nothing is ever pickled: loading a bundle imports a class by name and fills its tensors.
+"""Model bundles: the architecture's import path, its constructor arguments, the task (classes, or the target's
+scaling), the input preprocessing, the declared inputs (tabular columns and tensors) and the weights as
+safetensors. Nothing is ever pickled: loading a bundle imports a class by name and fills its tensors.
+
+A model's ``forward`` takes one positional argument per input group, in order: the encoded tabular matrix
+(``[N, in_features]`` float32, when the model has tabular columns), then each tensor input in declared order
+(``[N, *shape]``). It returns ``[N, out_features]``: class logits, or one standardized value per row.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import io
 import json
 from dataclasses import dataclass, field
@@ -19,7 +25,8 @@ from torch import nn
 
 from .artifacts import MODEL_ARTIFACTS, REFERENCE, SPEC, WEIGHTS
 from .config import ColumnSpec
-from .errors import LoomError
+from .errors import ConfigError, LoomError
+from .tasks import Classification, Task, task_from_dict
 
 if TYPE_CHECKING:
     from .registry import ModelRegistry, ModelVersion
@@ -32,33 +39,92 @@ OIP_DATATYPES = {"int": "INT64", "float": "FP64", "bool": "BOOL", "category": "B
 
 
 class TabularMLP(nn.Module):
-    """A plain multi-layer perceptron over encoded tabular features, returning class logits."""
+    """A plain multi-layer perceptron over encoded tabular features, returning ``out_features`` outputs (class
+    logits, or one value for regression)."""
 
-    def __init__(self, n_inputs: int, hidden: list[int], n_classes: int = 2, dropout: float = 0.1):
+    def __init__(self, in_features: int, out_features: int = 2, hidden: list[int] = (64, 32),  # type: ignore[assignment]
+                 dropout: float = 0.1):
         super().__init__()
         layers: list[nn.Module] = []
-        width = n_inputs
+        width = in_features
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
             width = h
-        layers.append(nn.Linear(width, n_classes))
+        layers.append(nn.Linear(width, out_features))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
-def import_architecture(path: str) -> type[nn.Module]:
+DEFAULT_ARCHITECTURE = "runtime.model:TabularMLP"
+#: Constructor arguments of TabularMLP before it took in_features/out_features (bundles of format loom-model/1).
+_LEGACY_KWARGS = {"n_inputs": "in_features", "n_classes": "out_features"}
+
+
+def legacy_kwargs(architecture: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the built-in MLP's old argument names renamed (a version trained before the rename)."""
+    if architecture != DEFAULT_ARCHITECTURE:
+        return dict(kwargs)
+    return {_LEGACY_KWARGS.get(k, k): v for k, v in kwargs.items()}
+
+
+def architecture_kwargs(path: str, options: Mapping[str, Any], *, in_features: int | None = None,
+                        out_features: int | None = None,
+                        input_shapes: Mapping[str, list[int]] | None = None) -> dict[str, Any]:
+    """The keyword arguments to build ``path`` with: ``options`` plus whichever of ``in_features``,
+    ``out_features`` and ``input_shapes`` its constructor takes (and the options do not set).
+
+    :raises ConfigError: the architecture cannot be imported, or its signature does not fit: the message names
+        the missing or unexpected parameter.
+    """
+    cls = import_architecture(path, field="model.architecture")
+    try:
+        params = dict(inspect.signature(cls).parameters)
+    except (TypeError, ValueError):
+        return dict(options)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    named = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    kwargs = dict(options)
+    given = {"in_features": in_features, "out_features": out_features,
+             "input_shapes": dict(input_shapes) if input_shapes else None}
+    for name, value in given.items():
+        if value is not None and name not in kwargs and (name in named or takes_any):
+            kwargs[name] = value
+    unexpected = [k for k in kwargs if k not in named and not takes_any]
+    if unexpected:
+        raise ConfigError(f"model.options: {path} takes no parameter {unexpected[0]!r} "
+                          f"(its parameters: {', '.join(named) or 'none'})")
+    missing = [n for n, p in named.items() if p.default is p.empty and n not in kwargs]
+    if missing:
+        hint = ("; Loom passes it only for tabular inputs" if missing[0] == "in_features" and in_features is None
+                else "; Loom passes it only for tensor inputs" if missing[0] == "input_shapes" else "")
+        raise ConfigError(f"model.options: {path} needs parameter {missing[0]!r}, which model.options does not "
+                          f"give{hint}")
+    return kwargs
+
+
+def build_architecture(path: str, kwargs: Mapping[str, Any]) -> nn.Module:
+    """Instantiate ``path`` with ``kwargs``; a failing constructor is a :class:`ConfigError` naming it."""
+    cls = import_architecture(path, field="model.architecture")
+    try:
+        return cls(**legacy_kwargs(path, kwargs))
+    except Exception as err:  # noqa: BLE001 - the user's constructor, named
+        raise ConfigError(f"model.architecture {path} cannot be built from model.options "
+                          f"{dict(kwargs)!r}: {type(err).__name__}: {err}") from None
+
+
+def import_architecture(path: str, *, field: str = "architecture") -> type[nn.Module]:
     """Import ``module:Class`` and check that it is a ``torch.nn.Module`` subclass."""
     module, _, attr = path.partition(":")
     if not module or not attr:
-        raise LoomError(f"architecture {path!r} must be an import path 'module:Class'")
+        raise ConfigError(f"{field} {path!r} must be an import path 'module:Class'")
     try:
         cls = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
-        raise LoomError(f"cannot import architecture {path!r}: {err}") from None
+        raise ConfigError(f"cannot import {field} {path!r}: {err}") from None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise LoomError(f"architecture {path!r} is not a torch.nn.Module subclass")
+        raise ConfigError(f"{field} {path!r} is not a torch.nn.Module subclass")
     return cls
 
 
@@ -128,15 +194,27 @@ class ModelBundle:
     architecture: str
     kwargs: dict[str, Any]
     preprocessor: Preprocessor
-    classes: list[Any]  # label values, index = output position
-    inputs: dict[str, dict[str, Any]]  # feature column -> its declared ColumnSpec, as a dict
+    inputs: dict[str, dict[str, Any]]  # input name -> its declared ColumnSpec (tabular) or tensor spec, as a dict
     label: str
     state_dict: dict[str, torch.Tensor]
+    classes: list[Any] = field(default_factory=list)  # label values, index = output position (classification)
+    task: Task | None = None  # default: classification over ``classes``
+
+    def __post_init__(self) -> None:
+        if self.task is None:
+            self.task = Classification(list(self.classes))
+        self.classes = list(self.task.classes)
+
+    @property
+    def tensors(self) -> dict[str, dict[str, Any]]:
+        """The tensor inputs, in declared order."""
+        return {n: s for n, s in self.inputs.items() if s.get("type") == "tensor"}
 
     def to_artifacts(self) -> dict[str, bytes]:
-        spec = {"format": "loom-model/1", "architecture": self.architecture, "kwargs": self.kwargs,
-                "preprocessor": self.preprocessor.to_dict(), "classes": self.classes, "inputs": self.inputs,
-                "label": self.label}
+        assert self.task is not None
+        spec = {"format": "loom-model/2", "architecture": self.architecture, "kwargs": self.kwargs,
+                "task": self.task.to_dict(), "preprocessor": self.preprocessor.to_dict(), "classes": self.classes,
+                "inputs": self.inputs, "label": self.label}
         weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()}
         return {WEIGHTS: st_save(weights), SPEC: json.dumps(spec, indent=2).encode()}
 
@@ -147,9 +225,10 @@ class ModelBundle:
             weights = st_load(artifacts[WEIGHTS])
         except KeyError as err:
             raise LoomError(f"model version is missing artifact {err.args[0]!r}") from None
-        return cls(architecture=spec["architecture"], kwargs=spec["kwargs"],
-                   preprocessor=Preprocessor.from_dict(spec["preprocessor"]), classes=spec["classes"],
-                   inputs=spec["inputs"], label=spec["label"], state_dict=weights)
+        return cls(architecture=spec["architecture"], kwargs=legacy_kwargs(spec["architecture"], spec["kwargs"]),
+                   preprocessor=Preprocessor.from_dict(spec["preprocessor"]),
+                   task=task_from_dict(spec.get("task"), spec.get("classes")), inputs=spec["inputs"],
+                   label=spec["label"], state_dict=weights)
 
     @classmethod
     def from_registry(cls, registry: ModelRegistry, name: str, version: int) -> ModelBundle:
@@ -158,9 +237,38 @@ class ModelBundle:
 
     def build(self) -> nn.Module:
         """Instantiate the architecture and load the weights (strictly: every tensor must match)."""
-        model = import_architecture(self.architecture)(**self.kwargs)
+        model = build_architecture(self.architecture, self.kwargs)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
+
+    def model_inputs(self, cols: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
+        """The forward pass's arguments for a mapping of input -> values (a DataFrame works): the encoded tabular
+        matrix, when there are tabular columns, then each tensor input as ``[N, *shape]`` float32."""
+        out: list[np.ndarray] = []
+        if self.preprocessor.input_columns:
+            out.append(self.preprocessor.transform(cols))
+        for name, spec in self.tensors.items():
+            out.append(tensor_array(cols[name], spec))
+        return tuple(out)
+
+
+#: The numpy type of each tensor dtype (BF16 is served as float32).
+TENSOR_NUMPY = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BF16": np.float32, "INT8": np.int8,
+                "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16,
+                "UINT32": np.uint32, "UINT64": np.uint64, "BOOL": np.bool_}
+
+
+def tensor_array(values: Any, spec: Mapping[str, Any]) -> np.ndarray:
+    """A tensor input's rows as one ``[N, *shape]`` array of its declared dtype (from an array, or a sequence of
+    per-row arrays or nested lists)."""
+    dtype = TENSOR_NUMPY[spec.get("dtype") or "FP32"]
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        arr = values
+    else:
+        rows = list(values)
+        arr = (np.stack([np.asarray(r, dtype=dtype) for r in rows]) if rows
+               else np.empty((0, *spec["shape"]), dtype=dtype))
+    return np.ascontiguousarray(arr.reshape(len(arr), *spec["shape"]), dtype=dtype)
 
 
 def read_reference(registry: ModelRegistry, version: ModelVersion) -> pd.DataFrame | None:
@@ -171,19 +279,27 @@ def read_reference(registry: ModelRegistry, version: ModelVersion) -> pd.DataFra
 
 
 class Predictor:
-    """A loaded model ready to answer: encode, forward, softmax. Thread-safe for inference."""
+    """A loaded model ready to answer: encode, forward, the task's outputs. Thread-safe for inference."""
 
     def __init__(self, bundle: ModelBundle):
         self.bundle = bundle
         self.model = bundle.build()
         self.inputs = bundle.inputs
+        self.task = bundle.task
         self.classes = bundle.classes
 
     @torch.inference_mode()
+    def outputs(self, cols: Mapping[str, Any]) -> np.ndarray:
+        """Class probabilities ``[N, classes]`` (classification) or values ``[N]`` (regression)."""
+        assert self.task is not None
+        x = tuple(torch.from_numpy(a) for a in self.bundle.model_inputs(cols))
+        return self.task.postprocess(self.model(*x))
+
     def predict_proba(self, cols: Mapping[str, Any]) -> np.ndarray:
-        x = torch.from_numpy(self.bundle.preprocessor.transform(cols))
-        return torch.softmax(self.model(x), dim=-1).numpy()
+        return self.outputs(cols)
 
     def predict(self, cols: Mapping[str, Any]) -> tuple[list[Any], np.ndarray]:
-        proba = self.predict_proba(cols)
-        return [self.classes[i] for i in proba.argmax(axis=1)], proba
+        """The predictions (classes or values) and the task's outputs they come from."""
+        assert self.task is not None
+        out = self.outputs(cols)
+        return self.task.predictions(out), out

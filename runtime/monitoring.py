@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import numpy as np
+
 if TYPE_CHECKING:
     import pandas as pd
-
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,20 @@ class QualityMonitor(Protocol):
         ...
 
     def performance(self, labelled: pd.DataFrame, *, target: str, prediction: str,
-                    classes: list[Any]) -> dict[str, Any]:
-        """Classification quality of ``prediction`` against ``target``: at least ``accuracy`` and ``rows``."""
+                    classes: list[Any], task: str = "classification") -> dict[str, Any]:
+        """Quality of ``prediction`` against ``target``: for ``classification`` at least ``accuracy`` and ``rows``;
+        for ``regression`` (Loom passes ``task`` only then) ``rmse``, ``mae``, ``r2`` and ``rows``."""
         ...
+
+
+#: The per-row statistics that stand for a tensor input in captured traffic, reference samples and drift checks.
+TENSOR_STATS = ("mean", "std", "min", "max")
+
+
+def tensor_summary(name: str, values: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row summary statistics of a tensor input ``[N, ...]``: ``{"<name>.mean": [N], ...}`` (float64)."""
+    flat = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    if flat.shape[1] == 0:
+        return {f"{name}.{stat}": np.full(len(flat), np.nan) for stat in TENSOR_STATS}
+    return {f"{name}.mean": flat.mean(axis=1), f"{name}.std": flat.std(axis=1), f"{name}.min": flat.min(axis=1),
+            f"{name}.max": flat.max(axis=1)}

@@ -140,7 +140,8 @@ class Pipeline:
         uri = source.uri
         policy = d.bad_rows
         report = validate_batches(source.iter_batches(d.batch_rows), columns, source=uri, policy=policy.policy,
-                                  quarantine_dir=self.project.quarantine_dir, max_fraction=policy.max_fraction)
+                                  quarantine_dir=self.project.quarantine_dir, max_fraction=policy.max_fraction,
+                                  base_dir=self.project.root)
         if report.quarantined:
             self.console.print(f"[yellow]![/] {report.quarantined:,} of {report.rows:,} rows from {uri} failed "
                                f"validation and were quarantined to {report.quarantine_file}")
@@ -189,8 +190,11 @@ class Pipeline:
 
     def write_features(self, data: Dataset) -> FeatureService:
         """Apply the project's feature views and services, write each view's rows (from the data source or the
-        view's own source) offline, and materialise the latest values online. Returns the model's service."""
+        view's own source) offline, and materialise the latest values online. Returns the model's service. A
+        project whose model reads tensors only has no feature to write."""
         defs = self.project.config.feature_definitions
+        if not defs.service.features:
+            return defs.service
         with self.stage("features", f"writing {len(defs.views)} feature view(s): {', '.join(defs.views)}"):
             store = self.feature_store
             for view in defs.views.values():
@@ -206,9 +210,13 @@ class Pipeline:
         return defs.service
 
     def training_frame(self, data: Dataset, service: FeatureService) -> pd.DataFrame:
-        """Labels joined point-in-time with the service's features from the feature store's offline data."""
+        """Labels (and tensor inputs, which come with them) joined point-in-time with the service's features from
+        the feature store's offline data."""
         d = self.project.config.data
-        labels = data.frame[list(dict.fromkeys([d.entity, *service.join_keys, d.timestamp, d.label]))]
+        labels = data.frame[list(dict.fromkeys([d.entity, *service.join_keys, d.timestamp, d.label,
+                                                *d.tensor_columns]))]
+        if not service.features:
+            return labels
         return service.historical(self.feature_store, labels, timestamp=d.timestamp)
 
     def train(self, data: Dataset, view: FeatureService) -> Trained:
@@ -218,6 +226,11 @@ class Pipeline:
         from .preparation import prepare, reference_sample
 
         cfg = self.project.config
+        if cfg.model.task is None:
+            from .tasks import infer_task
+
+            label = cfg.data.label
+            self.console.print(f"[dim]{infer_task(label, cfg.data.columns[label].type)[1]}[/]")
         prepared = prepare(self.project, self.training_frame(data, view), view)
         self.plugins.call("loom_before_training", project=self.project, train_rows=len(prepared.train),
                           params=dict(prepared.params))
@@ -255,10 +268,12 @@ class Pipeline:
                       transient=False) as progress:
             task = progress.add_task("train", total=t.epochs, info="starting Ray Train workers…")
 
+            metric = prepared.task.metric
+
             def epoch_ended(mt: dict[str, Any]) -> None:
                 info = f"loss {mt['train_loss']:.4f}  val_loss {mt['val_loss']:.4f}"
-                if "val_auc" in mt:
-                    info += f"  val_auc {mt['val_auc']:.3f}"
+                if metric in mt:
+                    info += f"  {metric} {mt[metric]:.3f}"
                 progress.update(task, completed=mt["epoch"], info=info)
                 on_epoch(mt)
 
@@ -270,7 +285,7 @@ class Pipeline:
         self.timings["train"] = round(time.perf_counter() - started, 2)
         self.console.print(f"[green]✓[/] {'train':<9} {self.timings['train']:6.2f}s  {t.workers} Ray Train workers, "
                            f"{'GPU' if result.use_gpu else 'CPU'}, "
-                           f"val_auc {result.metrics.get('val_auc', float('nan')):.3f}")
+                           f"{metric} {result.metrics.get(metric, float('nan')):.3f}")
         return result
 
     def register(self, trained: Trained, data: Dataset, view: FeatureService) -> ModelVersion:
@@ -283,11 +298,14 @@ class Pipeline:
         with self.stage("register", f"registering {cfg.model.name!r} in the {cfg.registry.kind!r} registry"):
             lineage = {
                 "data": {"source": data.uri, "fingerprint": data.fingerprint, "rows": len(data.frame)},
-                "features": {"store": cfg.features.store, "view": view.name, "features": list(view.features),
-                             "entity": view.entity, "timestamp": view.timestamp, "dtypes": dict(view.dtypes),
-                             "ttl_days": cfg.features.ttl_days, "quarantined_rows": data.quarantined,
-                             "views": {p.name: {"entity": p.entity, "timestamp": p.timestamp,
-                                                "features": list(p.features)} for p in view.projections}},
+                "features": ({"store": cfg.features.store, "view": view.name, "features": list(view.features),
+                              "entity": view.entity, "timestamp": view.timestamp, "dtypes": dict(view.dtypes),
+                              "ttl_days": cfg.features.ttl_days, "quarantined_rows": data.quarantined,
+                              "views": {p.name: {"entity": p.entity, "timestamp": p.timestamp,
+                                                 "features": list(p.features)} for p in view.projections}}
+                             if view.features else {"store": None, "features": [],
+                                                    "quarantined_rows": data.quarantined}),
+                "tensors": {c: cfg.data.columns[c].model_dump(exclude_none=True) for c in cfg.data.tensor_columns},
                 "training": {"run_id": trained.run_id, "experiment": cfg.name, "params": trained.params,
                              "history": trained.history, "train_rows": trained.train_rows,
                              "seconds": round(trained.seconds, 2)},

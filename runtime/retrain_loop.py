@@ -119,8 +119,13 @@ class RetrainLoop:
                      self.cfg.min_labelled)
             return None
         scores = {v: self.score(v, labelled) for v in (old, new)}
-        won = scores[new]["accuracy"] >= scores[old]["accuracy"] + self.cfg.min_improvement
-        tags = {"accuracy": round(scores[new]["accuracy"], 4), "accuracy_previous": round(scores[old]["accuracy"], 4),
+        # The task's metric: accuracy (higher is better), or RMSE for regression (lower is better).
+        metric = "rmse" if "rmse" in scores[new] else "accuracy"
+        if metric == "rmse":
+            won = scores[new]["rmse"] <= scores[old]["rmse"] - self.cfg.min_improvement
+        else:
+            won = scores[new]["accuracy"] >= scores[old]["accuracy"] + self.cfg.min_improvement
+        tags = {metric: round(scores[new][metric], 4), f"{metric}_previous": round(scores[old][metric], 4),
                 "judged_rows": len(labelled)}
         if won:
             promote(self.project, self.model)
@@ -154,6 +159,10 @@ class RetrainLoop:
         if not isinstance(monitor, QualityMonitor):
             raise LoomError(f"drift monitor {mon.monitor!r} measures no performance; the loop needs one that does "
                             "(the built-in 'evidently')")
+        assert bundle.task is not None
+        if bundle.task.name == "regression":
+            frame = pd.DataFrame({"label": pd.to_numeric(labelled["label"]), "prediction": predicted})
+            return monitor.performance(frame, target="label", prediction="prediction", classes=[], task="regression")
         frame = pd.DataFrame({"label": labelled["label"].astype(str), "prediction": [str(p) for p in predicted]})
         return monitor.performance(frame, target="label", prediction="prediction", classes=bundle.classes)
 

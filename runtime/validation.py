@@ -17,6 +17,10 @@ Coercion rules, by declared type:
   in any case. Anything else is a problem.
 * ``string`` -> pandas ``string`` (pyarrow-backed). Any value, as its text.
 * ``category`` -> pandas ``string``, like ``string``; values must be in ``categories`` when they are declared.
+* ``tensor`` -> an object column of numpy arrays of the declared ``shape`` and ``dtype``. Each value is a list,
+  a nested list or an array (a Parquet list or fixed-size-list column), or the path of a ``.npy`` file (relative
+  to the project directory; loaded without pickle). A value of another shape, non-numeric or non-finite elements,
+  or a file that cannot be read is a problem.
 * ``timestamp`` -> ``datetime64[ns]``, tz-naive, in UTC. Datetimes (tz-aware ones are converted to UTC, naive ones
   are taken as UTC), ISO 8601 strings (with or without an offset) and numeric columns (Unix epoch seconds).
   Other text, including digits in a text column, is a problem.
@@ -69,6 +73,7 @@ DTYPES: dict[str, str | pd.api.extensions.ExtensionDtype] = {
     "string": _TEXT,
     "category": _TEXT,
     "timestamp": "datetime64[ns]",
+    "tensor": "object",
 }
 
 _BOOL_WORDS = {
@@ -257,15 +262,74 @@ def _check_column(raw: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, np.ndarr
     return coerced, missing, checks
 
 
+def _tensor_value(value: object, spec: ColumnSpec, base_dir: Path | None) -> np.ndarray:
+    from .model import TENSOR_NUMPY
+
+    if isinstance(value, str):
+        path = Path(value)
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        if path.suffix != ".npy":
+            raise ValueError("a path must name a .npy file")
+        value = np.load(path, allow_pickle=False)
+    arr = np.asarray(value)
+    if arr.dtype == object:
+        arr = np.stack([np.asarray(v) for v in value]) if len(arr) else arr  # a Parquet list of lists
+    dtype = np.dtype(TENSOR_NUMPY[spec.dtype or "FP32"])
+    if arr.dtype.kind not in "biuf":
+        raise ValueError("not numeric")
+    if tuple(arr.shape) != tuple(spec.shape or ()):
+        if arr.size == int(np.prod(spec.shape or ())) and arr.ndim <= 1:
+            arr = arr.reshape(spec.shape)  # a flat Parquet list of the right length
+        else:
+            raise ValueError(f"shape {list(arr.shape)}")
+    if dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError("non-finite elements")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _describe(value: object) -> str:
+    try:
+        return f"values of shape {list(np.shape(value))}"
+    except ValueError:  # ragged nested lists
+        return "ragged values"
+
+
+def _check_tensor(raw: pd.Series, spec: ColumnSpec, base_dir: Path | None) -> tuple[pd.Series, np.ndarray,
+                                                                                    list[_Check]]:
+    """Coerce a tensor column row by row (see the module docstring)."""
+    values = raw.to_numpy(dtype=object)
+    out = np.empty(len(values), dtype=object)
+    missing = np.zeros(len(values), dtype=bool)
+    failed = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
+            missing[i] = True
+            continue
+        try:
+            out[i] = _tensor_value(v, spec, base_dir)
+        except (ValueError, TypeError, OSError):
+            failed[i] = True
+    shown = pd.Series([v if isinstance(v, str) else _describe(v) for v in values], index=raw.index)
+    checks: list[_Check] = [
+        (f"cannot be read as a {spec.dtype} tensor of shape {spec.shape}", "value", failed, shown, True),
+        ("in a non-nullable column", "null value", missing if not spec.nullable else np.zeros_like(missing), raw,
+         False),
+    ]
+    return pd.Series(out, index=raw.index, dtype=object), missing, checks
+
+
 # -- validating batch by batch ---------------------------------------------------------------------------------
 
 
 class _Validator:
     """Coerces batches to the declared columns and tallies problems across them (row numbers continue)."""
 
-    def __init__(self, columns: Mapping[str, ColumnSpec], source: str, *, empty_columns: bool = False) -> None:
+    def __init__(self, columns: Mapping[str, ColumnSpec], source: str, *, empty_columns: bool = False,
+                 base_dir: Path | None = None) -> None:
         self.columns = dict(columns)
         self.source = source
+        self.base_dir = base_dir
         self.empty_columns = empty_columns
         self.rows = 0
         self.bad_rows = 0
@@ -288,7 +352,8 @@ class _Validator:
                 self.seen_value[name] = True  # the column is already reported; "entirely null" would repeat it
                 out[name] = _all_missing(df.index, DTYPES[spec.type])
                 continue
-            out[name], missing, checks = _check_column(df[name], spec)
+            out[name], missing, checks = (_check_tensor(df[name], spec, self.base_dir) if spec.type == "tensor"
+                                          else _check_column(df[name], spec))
             self.seen_value[name] = self.seen_value[name] or not missing.all()
             for what, noun, mask, values, show in checks:
                 if mask.any():
@@ -363,19 +428,21 @@ def validate_batches(
     policy: Literal["reject", "quarantine"] = "reject",
     quarantine_dir: Path | None = None,
     max_fraction: float = 1.0,
+    base_dir: Path | None = None,
 ) -> ValidationReport:
     """Validate a source batch by batch and apply the bad-row ``policy`` (see the module docstring).
 
     :param batches: the source's batches (``DataSource.iter_batches``); each is coerced, then released.
     :param quarantine_dir: where ``quarantine`` writes ``quarantine-<UTC time>.csv`` (created when needed).
     :param max_fraction: with ``quarantine``, fail when more than this fraction of rows is bad.
+    :param base_dir: what relative ``.npy`` paths of tensor columns are relative to (the project directory).
     :return: a report whose ``frame`` holds the good rows only; ``quarantined`` counts the others.
     :raises DataValidationError: with ``reject`` on any problem; with ``quarantine`` on a whole-column problem or
         too many bad rows. The message lists every problem and how many rows are bad.
     """
     if policy == "quarantine" and quarantine_dir is None:
         raise ValueError("the quarantine policy needs a quarantine_dir")
-    validator = _Validator(columns, source)
+    validator = _Validator(columns, source, base_dir=base_dir)
     good: list[pd.DataFrame] = []
     file = quarantine_dir / f"quarantine-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.csv" if quarantine_dir else None
     written = 0

@@ -46,7 +46,7 @@ def register_version(root: Path, *, seed: int, hidden: tuple[int, ...] = (16,), 
     x = torch.from_numpy(pre.transform(df))
     y = torch.from_numpy(df[cfg.data.label].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64))
     torch.manual_seed(seed)
-    kwargs = {"n_inputs": pre.n_features, "hidden": list(hidden), "n_classes": len(classes), "dropout": 0.0}
+    kwargs = {"in_features": pre.n_features, "hidden": list(hidden), "out_features": len(classes), "dropout": 0.0}
     model = TabularMLP(**kwargs)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(steps):

@@ -56,7 +56,7 @@ def untrained(pipe: Pipeline, data, service) -> Any:
     cfg = pipe.project.config
     schema = {c: cfg.feature_definitions.columns[c] for c in service.features}
     pre = Preprocessor.fit(data.frame, schema)
-    kwargs = {"n_inputs": pre.n_features, "hidden": [8], "n_classes": 2, "dropout": 0.0}
+    kwargs = {"in_features": pre.n_features, "hidden": [8], "out_features": 2, "dropout": 0.0}
     bundle = ModelBundle(architecture="runtime.model:TabularMLP", kwargs=kwargs, preprocessor=pre,
                          classes=[False, True], inputs={c: s.model_dump(exclude_none=True) for c, s in schema.items()},
                          label=cfg.data.label, state_dict=TabularMLP(**kwargs).state_dict())

@@ -129,14 +129,17 @@ class EvidentlyMonitor:
         return out
 
     def performance(self, labelled: pd.DataFrame, *, target: str, prediction: str,
-                    classes: list[Any]) -> dict[str, Any]:
-        """Evidently's classification quality of ``prediction`` against ``target`` (labels compared as text):
-        ``{"accuracy": ..., "f1": ..., "rows": n}``.
+                    classes: list[Any], task: str = "classification") -> dict[str, Any]:
+        """Evidently's quality of ``prediction`` against ``target``: for classification (labels compared as text)
+        ``{"accuracy": ..., "f1": ..., "rows": n}``, for regression ``{"rmse": ..., "mae": ..., "r2": ...,
+        "rows": n}``.
 
         :raises runtime.LoomError: no labelled rows.
         """
         if len(labelled) == 0:
             raise LoomError("no labelled rows to measure performance on; send labels to /feedback/{model}")
+        if task == "regression":
+            return self._regression(labelled, target=target, prediction=prediction)
         from evidently import BinaryClassification, DataDefinition, Dataset, MulticlassClassification, Report
         from evidently.metrics import Accuracy, F1Score
 
@@ -150,6 +153,24 @@ class EvidentlyMonitor:
             snapshot = Report([Accuracy(), F1Score()]).run(Dataset.from_pandas(frame, data_definition=definition), None)
         values = {m["config"]["type"].rsplit(":", 1)[-1]: m["value"] for m in json.loads(snapshot.json())["metrics"]}
         return {"accuracy": float(values["Accuracy"]), "f1": float(values["F1Score"]), "rows": len(frame)}
+
+    def _regression(self, labelled: pd.DataFrame, *, target: str, prediction: str) -> dict[str, Any]:
+        from evidently import DataDefinition, Dataset, Regression, Report
+        from evidently.metrics import MAE, RMSE, R2Score
+
+        frame = pd.DataFrame({"target": pd.to_numeric(labelled[target], errors="coerce"),
+                              "prediction": pd.to_numeric(labelled[prediction], errors="coerce")}).dropna()
+        if len(frame) == 0:
+            raise LoomError("no numeric labelled rows to measure regression performance on")
+        definition = DataDefinition(numerical_columns=["target", "prediction"],
+                                    regression=[Regression(target="target", prediction="prediction")])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            snapshot = Report([RMSE(), MAE(), R2Score()]).run(Dataset.from_pandas(frame, data_definition=definition),
+                                                              None)
+        values = {m["config"]["type"].rsplit(":", 1)[-1]: m["value"] for m in json.loads(snapshot.json())["metrics"]}
+        mae = values["MAE"]["mean"] if isinstance(values["MAE"], dict) else values["MAE"]
+        return {"rmse": float(values["RMSE"]), "mae": float(mae), "r2": float(values["R2Score"]), "rows": len(frame)}
 
     # -- internals -------------------------------------------------------------------------------------------
 

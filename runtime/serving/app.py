@@ -198,7 +198,8 @@ class LoomApp:
         lv = self.server.resolve(name, version)
         call.target = lv
         header_length = headers.get(b"inference-header-content-length")
-        req = oip.decode_infer(body, header_length.decode() if header_length is not None else None, lv.schema)
+        req = oip.decode_infer(body, header_length.decode() if header_length is not None else None, lv.schema,
+                               oip.REGRESSION_OUTPUTS if lv.regression else oip.OUTPUTS)
         pred = await lv.predict(req.columns, call.id(req.id))
         out, content = oip.encode_infer(lv.name, lv.version, pred.labels, lv.label_type, pred.proba, req)
         return 200, out, [(k.encode(), v.encode()) for k, v in content.items()]
@@ -209,6 +210,8 @@ class LoomApp:
         req = decode_predict(body, lv.schema, self.server.join_keys)
         cols = req.columns if req.columns is not None else await self.server.entity_columns(lv, req.entities or {})
         pred = await lv.predict(cols, call.id())
+        if pred.proba is None:  # regression: values
+            return 200, _dumps({"model": lv.name, "version": lv.version, "predictions": pred.labels}), _JSON
         return 200, _dumps({"model": lv.name, "version": lv.version, "predictions": pred.labels,
                             "probabilities": pred.proba.round(6).tolist(), "classes": lv.classes}), _JSON
 
@@ -318,7 +321,7 @@ def _oip_metadata_routes(api: FastAPI, server: ModelServer) -> None:
         routes = server.routes(lv.name)
         versions = ([version or str(lv.version)] if version is not None or "@" in name
                     else [str(v) for v in routes.live])
-        return oip.model_metadata(name, [int(v) for v in versions], lv.schema, lv.classes)
+        return oip.model_metadata(name, [int(v) for v in versions], lv.schema, lv.classes, lv.regression)
 
     @api.get("/v2/models/{name}", tags=["Open Inference Protocol v2"], summary="Model metadata")
     async def model_metadata(name: str) -> dict[str, Any]:

@@ -19,7 +19,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-Forward = Callable[[np.ndarray], np.ndarray]
+#: A forward pass: the model's inputs (one array per input, rows first) -> one output row per input row.
+Forward = Callable[[tuple[np.ndarray, ...]], np.ndarray]
+Inputs = tuple[np.ndarray, ...]
 
 
 class MicroBatcher:
@@ -31,27 +33,27 @@ class MicroBatcher:
         self.max_rows = max_rows
         self.wait_s = wait_s
         self.on_batch = on_batch
-        self._pending: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
+        self._pending: deque[tuple[Inputs, asyncio.Future[np.ndarray]]] = deque()
         self._pending_rows = 0
         self._running = False
 
-    async def __call__(self, x: np.ndarray) -> np.ndarray:
+    async def __call__(self, x: Inputs) -> np.ndarray:
         """Run ``forward`` on ``x`` (possibly together with other callers' rows); return this caller's output rows."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[np.ndarray] = loop.create_future()
         self._pending.append((x, fut))
-        self._pending_rows += len(x)
+        self._pending_rows += len(x[0])
         if not self._running:
             self._running = True
             loop.create_task(self._drain())
         return await fut
 
-    def _take(self) -> list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]:
+    def _take(self) -> list[tuple[Inputs, asyncio.Future[np.ndarray]]]:
         batch = [self._pending.popleft()]
-        rows = len(batch[0][0])
-        while self._pending and rows + len(self._pending[0][0]) <= self.max_rows:
+        rows = len(batch[0][0][0])
+        while self._pending and rows + len(self._pending[0][0][0]) <= self.max_rows:
             item = self._pending.popleft()
-            rows += len(item[0])
+            rows += len(item[0][0])
             batch.append(item)
         self._pending_rows -= rows
         return batch
@@ -63,7 +65,7 @@ class MicroBatcher:
                     await asyncio.sleep(self.wait_s)
                 batch = self._take()
                 xs = [x for x, _ in batch]
-                x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+                x = xs[0] if len(xs) == 1 else tuple(map(np.concatenate, zip(*xs)))
                 try:
                     y = self.forward(x)
                 except Exception as err:  # noqa: BLE001 - handed to every caller of this batch
@@ -72,10 +74,10 @@ class MicroBatcher:
                             fut.set_exception(err)
                     continue
                 if self.on_batch is not None:
-                    self.on_batch(len(x))
+                    self.on_batch(len(x[0]))
                 start = 0
                 for xi, fut in batch:
-                    end = start + len(xi)
+                    end = start + len(xi[0])
                     if not fut.done():
                         fut.set_result(y[start:end])
                     start = end

@@ -28,7 +28,7 @@ from ..errors import LoomError, PluginError
 from ..model import CATEGORICAL_TYPES
 from ..monitoring import QualityMonitor
 from .protocol import RequestError
-from .server import LoadedVersion, ModelServer
+from .server import LoadedVersion, ModelServer, capture_schema
 
 log = logging.getLogger("loom.serving")
 
@@ -56,6 +56,8 @@ class DriftMetrics:
                                 labels, registry=registry)
         self.accuracy = Gauge("loom_window_accuracy", "Accuracy on the labelled rows of the last checked window",
                               labels, registry=registry)
+        self.rmse = Gauge("loom_window_rmse", "RMSE on the labelled rows of the last checked window (regression)",
+                          labels, registry=registry)
         self.checks = Counter("loom_drift_checks", "Drift checks run", [*labels, "trigger"], registry=registry)
 
     def record(self, model: str, version: int, out: Mapping[str, Any]) -> None:
@@ -69,6 +71,8 @@ class DriftMetrics:
             self.prediction.labels(*key).set(float(out["prediction_drift"]["drifted"]))
         if isinstance(out.get("performance"), dict) and "accuracy" in out["performance"]:
             self.accuracy.labels(*key).set(out["performance"]["accuracy"])
+        if isinstance(out.get("performance"), dict) and "rmse" in out["performance"]:
+            self.rmse.labels(*key).set(out["performance"]["rmse"])
         self.checks.labels(*key, out["trigger"]).inc()
 
 
@@ -119,17 +123,17 @@ class DriftChecks:
         items = payload.get("labels") if isinstance(payload, dict) else None
         if not isinstance(items, list) or not items:
             raise RequestError(400, 'send {"labels": [{"id": "<request id>", "label": <class>}, ...]}')
-        classes = {str(c): c for c in lv.classes}
         rows: list[tuple[str, int, Any]] = []
         for i, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"] or "label" not in item:
                 raise RequestError(400, f"labels[{i}]: needs a non-empty string 'id' and a 'label'")
             values = item["label"] if isinstance(item["label"], list) else [item["label"]]
             for row, value in enumerate(values):
-                if str(value) not in classes or isinstance(value, (dict, list)):
-                    raise RequestError(422, f"labels[{i}]: {value!r} is not a class of model {model!r} "
-                                            f"(classes: {', '.join(classes)})")
-                rows.append((item["id"], row, classes[str(value)]))
+                try:
+                    rows.append((item["id"], row, lv.task.check_label(value)))
+                except ValueError as err:
+                    what = "a label" if lv.regression else "a class"
+                    raise RequestError(422, f"labels[{i}]: {err}; not {what} of model {model!r}") from None
         kept = self._feedback.setdefault(model, OrderedDict())
         with self._lock:
             for rid, row, value in rows:
@@ -148,7 +152,7 @@ class DriftChecks:
         """Check the captured window of a version (the primary by default) against its training reference."""
         lv, reference, current = self._window(name, version)
         monitor = self.monitor
-        schema = lv.schema
+        schema = capture_schema(lv.schema)  # a tensor input is checked through its summary statistics
         numerical = [c for c, s in schema.items() if s["type"] not in CATEGORICAL_TYPES]
         categorical = [c for c, s in schema.items() if s["type"] in CATEGORICAL_TYPES]
         started = time.perf_counter()
@@ -166,8 +170,7 @@ class DriftChecks:
         if isinstance(monitor, QualityMonitor):
             out["data_quality"] = _guard(lambda: monitor.data_quality(current, schema=schema))
             labelled = self._labelled(name, current)
-            out["performance"] = (_guard(lambda: monitor.performance(labelled, target="label", prediction="prediction",
-                                                                     classes=lv.classes))
+            out["performance"] = (_guard(lambda: self._performance(monitor, lv, labelled))
                                   if len(labelled) else {"rows": 0})
         out["retrain_requested"] = False
         if report.drifted:
@@ -187,7 +190,7 @@ class DriftChecks:
     def html(self, name: str, version: str | None = None) -> str:
         """The monitor's HTML report of the same comparison as :meth:`check`."""
         lv, reference, current = self._window(name, version)
-        schema = lv.schema
+        schema = capture_schema(lv.schema)
         numerical = [c for c, s in schema.items() if s["type"] not in CATEGORICAL_TYPES]
         categorical = [c for c, s in schema.items() if s["type"] in CATEGORICAL_TYPES]
         if len(current) > self.cfg.check_rows:
@@ -216,21 +219,36 @@ class DriftChecks:
             raise RequestError(409, f"no served rows captured yet for model {name!r} version {lv.version}")
         return lv, lv.reference, current
 
+    @staticmethod
+    def _performance(monitor: Any, lv: LoadedVersion, labelled: pd.DataFrame) -> dict[str, Any]:
+        if lv.regression:
+            return monitor.performance(labelled, target="label", prediction="prediction", classes=[],
+                                       task="regression")
+        return monitor.performance(labelled, target="label", prediction="prediction", classes=lv.classes)
+
     def _prediction_drift(self, lv: LoadedVersion, reference: pd.DataFrame,
                           current: pd.DataFrame) -> dict[str, Any]:
-        """Drift of the predicted class between the model's predictions on its reference rows and on served rows."""
+        """Drift of the predictions (the class, or the value) between the model's predictions on its reference
+        rows and on served rows."""
         key = (lv.name, lv.version)
         if key not in self._ref_predictions and "prediction" in reference:  # stored at training time
             self._ref_predictions[key] = reference["prediction"].tolist()
-        if key not in self._ref_predictions:
+        if key not in self._ref_predictions and not lv.tensors:  # a version from before predictions were stored
             cols = {c: (reference[c].to_numpy(np.float64) if s["type"] not in CATEGORICAL_TYPES
                         else reference[c].astype(object).where(reference[c].notna(), None).tolist())
                     for c, s in lv.schema.items()}
-            proba = lv.forward(lv.encode(cols))
-            self._ref_predictions[key] = [lv.classes[i] for i in proba.argmax(axis=1).tolist()]
-        ref = pd.DataFrame({"prediction": pd.Series(self._ref_predictions[key]).astype(str)})
-        cur = pd.DataFrame({"prediction": current["prediction"].astype(str).to_numpy()})
-        result = _guard(lambda: self.monitor.check(ref, cur, numerical=[], categorical=["prediction"]))
+            self._ref_predictions[key] = lv.task.predictions(lv.forward((lv.encode(cols),)))
+        if key not in self._ref_predictions:
+            return {"error": "the version's reference sample has no predictions"}
+        if lv.regression:
+            ref = pd.DataFrame({"prediction": pd.to_numeric(pd.Series(self._ref_predictions[key]))})
+            cur = pd.DataFrame({"prediction": pd.to_numeric(current["prediction"]).to_numpy()})
+            numerical, categorical = ["prediction"], []
+        else:
+            ref = pd.DataFrame({"prediction": pd.Series(self._ref_predictions[key]).astype(str)})
+            cur = pd.DataFrame({"prediction": current["prediction"].astype(str).to_numpy()})
+            numerical, categorical = [], ["prediction"]
+        result = _guard(lambda: self.monitor.check(ref, cur, numerical=numerical, categorical=categorical))
         if isinstance(result, dict):
             return result
         feature = result.features[0] if result.features else None
@@ -252,7 +270,10 @@ class DriftChecks:
         summary["drifted_features"] = [c for c, f in out["features"].items() if f["drifted"]]
         summary["prediction_drift"] = out["prediction_drift"].get("drifted")
         if "performance" in out:
-            summary["accuracy"] = out["performance"].get("accuracy")
+            perf = out["performance"]
+            summary["accuracy"] = perf.get("accuracy")
+            if "rmse" in perf:  # regression
+                summary.update(rmse=perf["rmse"], r2=perf.get("r2"))
         self._history.setdefault(name, deque(maxlen=self.cfg.history)).append(summary)
         path = self.server.project.capture_dir / "drift" / f"model={name}"
         try:

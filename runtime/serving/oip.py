@@ -6,24 +6,29 @@ tensors, in input order, of every input whose ``parameters.binary_data_size`` is
 little-endian C-order arrays; ``BYTES`` elements are each a 4-byte little-endian length and the bytes. Outputs go
 back the same way when the request asks (``outputs[].parameters.binary_data`` or
 ``parameters.binary_data_output``).
+
+A tensor input (``{"type": "tensor", "dtype": ..., "shape": [...]}`` in the schema) takes shape ``[N, *shape]`` and
+its declared datatype (a float tensor: any float or integer datatype, converted); ``data`` may be flat or nested.
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..model import OIP_DATATYPES
-from .protocol import Columns, RequestError, Schema, check_columns
+from .protocol import Columns, RequestError, Schema, check_columns, tensor_array
 
 HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data"]
 OUTPUTS = ("predicted", "probabilities")
+#: Outputs of a regression model: the predicted value of each row.
+REGRESSION_OUTPUTS = ("predicted",)
 
 #: Fixed-size datatypes and their little-endian numpy types.
 _FIXED = {
@@ -33,6 +38,7 @@ _FIXED = {
 }
 _INTS = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 _FLOATS = {"FP16", "FP32", "FP64", "BF16"}
+_NUMBERS = frozenset(_FLOATS | _INTS)
 #: Datatypes accepted for each declared column type.
 ACCEPTED = {
     "int": _INTS,
@@ -42,6 +48,13 @@ ACCEPTED = {
     "string": {"BYTES"},
     "timestamp": {"BYTES"},
 }
+
+
+def datatypes(spec: Mapping[str, Any]) -> set[str] | frozenset[str]:
+    """The datatypes an input with this spec accepts."""
+    if spec["type"] != "tensor":
+        return ACCEPTED[spec["type"]]
+    return _NUMBERS if spec["dtype"] in _FLOATS else {spec["dtype"]}
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,20 @@ def _count(shape: Any, name: str) -> int:
     raise RequestError(400, f"input {name!r}: shape {shape} not supported; use [N] or [N, 1]")
 
 
+def _tensor_rows(shape: Any, name: str, spec: Mapping[str, Any]) -> int:
+    """The number of rows a tensor input's shape holds: ``[N, *shape]``."""
+    per_row = list(spec["shape"])
+    if (type(shape) is list and len(shape) == len(per_row) + 1 and all(type(d) is int for d in shape)
+            and shape[0] >= 0 and shape[1:] == per_row):
+        return shape[0]
+    raise RequestError(400, f"input {name!r}: shape {shape!r} does not match {shape_text(per_row)}")
+
+
+def shape_text(per_row: Sequence[int]) -> str:
+    """A tensor input's shape with its batch dimension, as written in messages: ``[N, 1, 28, 28]``."""
+    return "[" + ", ".join(["N", *map(str, per_row)]) + "]"
+
+
 def _decode_bytes(raw: memoryview, name: str, count: int) -> list[str]:
     out: list[str] = []
     pos, end = 0, len(raw)
@@ -100,7 +127,7 @@ def _decode_fixed(raw: memoryview, name: str, dtype: str, count: int) -> np.ndar
     if dtype == "BF16":
         if len(raw) != 2 * count:
             raise RequestError(400, f"input {name!r}: BF16 shape needs {2 * count} bytes, got {len(raw)}")
-        return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
     np_type = _FIXED[dtype]
     if len(raw) != np_type.itemsize * count:
         raise RequestError(400, f"input {name!r}: {dtype} shape needs {np_type.itemsize * count} bytes, "
@@ -130,8 +157,10 @@ def _parse_json(raw: bytes) -> Any:
         raise RequestError(400, f"malformed JSON: {err}") from None
 
 
-def decode_infer(body: bytes, header_length: str | None, schema: Schema) -> InferRequest:
-    """Decode an infer request body (JSON, or JSON header + binary tensors) against the model's input schema."""
+def decode_infer(body: bytes, header_length: str | None, schema: Schema,
+                 available: tuple[str, ...] = OUTPUTS) -> InferRequest:
+    """Decode an infer request body (JSON, or JSON header + binary tensors) against the model's input schema;
+    ``available`` are the model's output names."""
     head, binary = _split_body(body, header_length)
     req = _parse_json(head)
     if not isinstance(req, dict):
@@ -152,11 +181,23 @@ def decode_infer(body: bytes, header_length: str | None, schema: Schema) -> Infe
             raise RequestError(400, f"unknown input {name!r} (expected: {', '.join(schema)})")
         if name in cols:
             raise RequestError(400, f"input {name!r} given twice")
-        count = _count(t.get("shape"), name)
         dtype = t.get("datatype")
-        if dtype not in ACCEPTED[spec["type"]]:
-            raise RequestError(400, f"input {name!r}: datatype {dtype!r} not accepted; "
-                                    f"use {OIP_DATATYPES[spec['type']]}")
+        accepted = ACCEPTED.get(spec["type"])
+        tensor = accepted is None
+        if accepted is None:
+            rows = _tensor_rows(t.get("shape"), name, spec)
+            count = rows * int(np.prod(spec["shape"]))
+            if type(dtype) is not str or dtype not in datatypes(spec):
+                raise RequestError(400, f"input {name!r}: datatype {dtype!r} not accepted; use {spec['dtype']}")
+        else:
+            count = _count(t.get("shape"), name)
+            try:
+                ok = dtype in accepted
+            except TypeError:  # an unhashable datatype (a list, an object)
+                ok = False
+            if not ok:
+                raise RequestError(400, f"input {name!r}: datatype {dtype!r} not accepted; "
+                                        f"use {OIP_DATATYPES[spec['type']]}")
         params = t.get("parameters")
         size = None
         if params is not None:
@@ -169,14 +210,20 @@ def decode_infer(body: bytes, header_length: str | None, schema: Schema) -> Infe
                                         f"{len(binary) - offset} binary bytes left")
             raw = binary[offset:offset + size]
             offset += size
-            cols[name] = (_decode_bytes(raw, name, count) if dtype == "BYTES"
-                          else _decode_fixed(raw, name, dtype, count))
+            if tensor:
+                cols[name] = tensor_array(name, spec, _decode_fixed(raw, name, dtype, count), rows)
+            else:
+                cols[name] = (_decode_bytes(raw, name, count) if dtype == "BYTES"
+                              else _decode_fixed(raw, name, dtype, count))
             continue
         data = t.get("data")
         if type(data) is not list:
             if "data" not in t:
                 raise RequestError(400, f"input {name!r} has neither 'data' nor parameters.binary_data_size")
             raise RequestError(400, f"input {name!r}: 'data' must be a list")
+        if tensor:
+            cols[name] = tensor_array(name, spec, data, rows)
+            continue
         if data and type(data[0]) is list:
             data = _flatten(data, name)
         if len(data) != count:
@@ -191,20 +238,21 @@ def decode_infer(body: bytes, header_length: str | None, schema: Schema) -> Infe
     if not isinstance(params, dict):
         raise RequestError(400, "'parameters' must be an object")
     all_binary = params.get("binary_data_output") is True
-    outputs, binary_out = _requested_outputs(req.get("outputs"), all_binary)
+    outputs, binary_out = _requested_outputs(req.get("outputs"), all_binary, available)
     return InferRequest(check_columns(cols, schema), rid, outputs, binary_out)
 
 
-def _requested_outputs(outputs: Any, all_binary: bool) -> tuple[tuple[str, ...], frozenset[str]]:
+def _requested_outputs(outputs: Any, all_binary: bool,
+                       available: tuple[str, ...] = OUTPUTS) -> tuple[tuple[str, ...], frozenset[str]]:
     if outputs is None:
-        return OUTPUTS, frozenset(OUTPUTS if all_binary else ())
+        return available, frozenset(available if all_binary else ())
     if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
                                                for o in outputs):
         raise RequestError(400, "'outputs' must be a list of {\"name\": ...}")
     names, binary = [], set()
     for o in outputs:
-        if o["name"] not in OUTPUTS:
-            raise RequestError(400, f"unknown output {o['name']!r} (available: {', '.join(OUTPUTS)})")
+        if o["name"] not in available:
+            raise RequestError(400, f"unknown output {o['name']!r} (available: {', '.join(available)})")
         names.append(o["name"])
         params = o.get("parameters") or {}
         if not isinstance(params, dict):
@@ -225,7 +273,9 @@ def label_datatype(classes: Sequence[Any]) -> str:
     return "BYTES"
 
 
-def output_metadata(classes: Sequence[Any]) -> list[dict[str, Any]]:
+def output_metadata(classes: Sequence[Any], regression: bool = False) -> list[dict[str, Any]]:
+    if regression:
+        return [{"name": "predicted", "datatype": "FP64", "shape": [-1]}]
     return [
         {"name": "predicted", "datatype": label_datatype(classes), "shape": [-1]},
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]},
@@ -233,7 +283,8 @@ def output_metadata(classes: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def input_metadata(schema: Schema) -> list[dict[str, Any]]:
-    return [{"name": c, "datatype": OIP_DATATYPES[s["type"]], "shape": [-1]} for c, s in schema.items()]
+    return [{"name": c, "datatype": s["dtype"], "shape": [-1, *s["shape"]]} if s["type"] == "tensor"
+            else {"name": c, "datatype": OIP_DATATYPES[s["type"]], "shape": [-1]} for c, s in schema.items()]
 
 
 def _to_binary(datatype: str, values: np.ndarray | list[Any]) -> bytes:
@@ -247,7 +298,7 @@ def _to_binary(datatype: str, values: np.ndarray | list[Any]) -> bytes:
     return np.ascontiguousarray(values, dtype=_FIXED[datatype]).tobytes()
 
 
-def encode_infer(model: str, version: int, labels: list[Any], label_type: str, proba: np.ndarray,
+def encode_infer(model: str, version: int, labels: list[Any], label_type: str, proba: np.ndarray | None,
                  request: InferRequest) -> tuple[bytes, dict[str, str]]:
     """The response body and its content headers (binary tensors appended when the request asked for them)."""
     blobs: list[bytes] = []
@@ -256,6 +307,7 @@ def encode_infer(model: str, version: int, labels: list[Any], label_type: str, p
         if name == "predicted":
             datatype, shape, values = label_type, [len(labels)], labels
         else:
+            assert proba is not None  # decode_infer only offers the model's own outputs
             datatype, shape, values = "FP32", list(proba.shape), proba
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if name in request.binary:
@@ -275,10 +327,11 @@ def encode_infer(model: str, version: int, labels: list[Any], label_type: str, p
                                       HEADER_LENGTH: str(len(head))}
 
 
-def model_metadata(name: str, versions: Sequence[int], schema: Schema, classes: Sequence[Any]) -> dict[str, Any]:
+def model_metadata(name: str, versions: Sequence[int], schema: Schema, classes: Sequence[Any],
+                   regression: bool = False) -> dict[str, Any]:
     """``GET /v2/models/{name}``: the model's live versions and its input and output tensors."""
     return {"name": name, "versions": [str(v) for v in versions], "platform": "loom-pytorch",
-            "inputs": input_metadata(schema), "outputs": output_metadata(classes)}
+            "inputs": input_metadata(schema), "outputs": output_metadata(classes, regression)}
 
 
 def server_metadata(version: str) -> dict[str, Any]:

@@ -1,13 +1,13 @@
 """The OpenAPI document of the served application: FastAPI's own routes, plus, for each live model, its inference
 routes with request schemas built from the model's input schema in the registry (names, types, categories,
-nullability), so ``/docs`` shows exactly what each model takes."""
+nullability, tensor shapes), so ``/docs`` shows exactly what each model takes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from .oip import ACCEPTED
+from .oip import datatypes, shape_text
 from .protocol import Schema
 from .scoring import MLFLOW_FORMATS
 
@@ -18,7 +18,21 @@ _DATATYPES = ["BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UIN
               "FP64", "BF16", "BYTES"]
 
 
+def _element(dtype: str) -> dict[str, Any]:
+    return {"type": "boolean" if dtype == "BOOL" else "integer" if "INT" in dtype else "number"}
+
+
+def _nested(shape: list[int], item: dict[str, Any]) -> dict[str, Any]:
+    for d in reversed(shape):
+        item = {"type": "array", "items": item, "minItems": d, "maxItems": d}
+    return item
+
+
 def _value(spec: dict[str, Any]) -> dict[str, Any]:
+    """One row's value of an input: a scalar, or a tensor input's nested lists of its declared shape."""
+    if spec["type"] == "tensor":
+        return {**_nested(list(spec["shape"]), _element(spec["dtype"])),
+                "description": f"{spec['dtype']} tensor of shape {list(spec['shape'])}"}
     out: dict[str, Any] = {"type": _JSON_TYPES[spec["type"]]}
     if spec["type"] == "category" and spec.get("categories"):
         out["enum"] = list(spec["categories"])
@@ -35,14 +49,24 @@ def _record(schema: Schema) -> dict[str, Any]:
 
 
 def _tensor(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    if spec["type"] == "tensor":
+        dims = list(spec["shape"])
+        shape: dict[str, Any] = {
+            "type": "array", "prefixItems": [{"type": "integer", "minimum": 0}, *({"const": d} for d in dims)],
+            "minItems": len(dims) + 1, "maxItems": len(dims) + 1, "description": shape_text(dims)}
+        data: dict[str, Any] = {"type": "array", "items": {"anyOf": [_element(spec["dtype"]), {"type": "array"}]},
+                                "description": "the values of every row, flat or nested, row-major"}
+    else:
+        shape = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "maxItems": 2}
+        data = {"type": "array", "items": _value(spec)}
     return {
         "type": "object",
         "required": ["name", "shape", "datatype", "data"],
         "properties": {
             "name": {"const": name},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "maxItems": 2},
-            "datatype": {"enum": sorted(ACCEPTED[spec["type"]])},
-            "data": {"type": "array", "items": _value(spec)},
+            "shape": shape,
+            "datatype": {"enum": sorted(datatypes(spec))},
+            "data": data,
             "parameters": {"type": "object"},
         },
     }

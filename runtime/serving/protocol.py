@@ -3,21 +3,40 @@
 Each protocol module (:mod:`.oip`, :mod:`.scoring`) turns a request body into ``{column: values}`` and calls
 :func:`check_columns`, which checks every value in place or raises :class:`RequestError` naming the column, the
 row and the problem. Nothing here touches the model or the web framework.
+
+A tensor input (spec ``{"type": "tensor", "dtype": "FP32", "shape": [1, 28, 28]}``, ``shape`` per row) decodes to
+one C-contiguous numpy array of shape ``[N, *shape]`` in :data:`TENSOR_DTYPES` ``[dtype]``; it never goes through the
+tabular checks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
 
 #: Validated request columns: JSON-decoded values stay lists (checked in place, no copies), binary tensors stay
-#: numpy arrays. Nulls are None in lists; the encoder turns them into its own missing-value handling.
+#: numpy arrays. Nulls are None in lists; the encoder turns them into its own missing-value handling. A tensor
+#: input's column is always an array of shape ``[N, *shape]`` (see :func:`check_tensor`).
 Columns = dict[str, Sequence[Any]]
 Schema = Mapping[str, Mapping[str, Any]]
 
 _I64 = 2 ** 63
+
+#: A tensor input's Open Inference Protocol datatype -> the numpy type of its decoded column (numpy has no
+#: bfloat16: BF16 inputs are float32).
+TENSOR_DTYPES = {
+    "BOOL": np.dtype(np.bool_), "INT8": np.dtype(np.int8), "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64), "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16), "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64),
+    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+    "BF16": np.dtype(np.float32),
+}
+#: The numpy kinds of decoded values each tensor kind takes (floats take integers too; integers take integral
+#: floats, range-checked).
+_TENSOR_SOURCES = {"b": "b", "i": "iuf", "u": "iuf", "f": "iuf"}
 
 
 class RequestError(Exception):
@@ -104,9 +123,121 @@ def _check_array(col: str, spec: Mapping[str, Any], arr: np.ndarray) -> np.ndarr
     return arr.astype(np.int64 if t == "int" else np.float64, copy=False)
 
 
+def _scalars(values: Any) -> Any:
+    """The leaves of nested lists, row-major."""
+    for v in values:
+        if type(v) is list:
+            yield from _scalars(v)
+        else:
+            yield v
+
+
+def _bad_element(col: str, dtype: str, values: Any, per_row: int) -> RequestError:
+    """The error naming the first element of the wrong type (only called once a vectorised check failed)."""
+    what = "true/false" if dtype == "BOOL" else "an integer" if TENSOR_DTYPES[dtype].kind in "iu" else "a number"
+    leaves = values.ravel().tolist() if isinstance(values, np.ndarray) else values
+    for i, v in enumerate(_scalars(leaves)):
+        t = type(v)
+        if t is int and dtype != "BOOL" and not -_I64 <= v < 2 * _I64:
+            return RequestError(400, f"input {col!r}: integer {v} at row {i // per_row} is out of the 64-bit range")
+        if (t is not bool) if dtype == "BOOL" else (t is not int and t is not float):
+            return RequestError(400, f"input {col!r}: expected {what} at row {i // per_row}, got {v!r}")
+    return RequestError(400, f"input {col!r}: expected {what} values")
+
+
+def _first(col: str, bad: np.ndarray, values: Any, per_row: int, problem: str) -> RequestError:
+    """The error naming the first element ``bad`` marks, as sent (``values``: an array or nested lists)."""
+    i = int(np.argmax(bad.ravel()))
+    v = values.ravel()[i].item() if isinstance(values, np.ndarray) else next(islice(_scalars(values), i, None))
+    return RequestError(400, f"input {col!r}: {problem.format(v=v)} at row {i // per_row}")
+
+
+def tensor_array(col: str, spec: Mapping[str, Any], values: Any, rows: int | None = None) -> np.ndarray:
+    """A tensor input's values as a C-contiguous array of its declared dtype, element types and ranges checked
+    (finiteness is :func:`check_tensor`'s). ``rows=None``: ``values`` holds one nested list (or array) of the
+    declared shape per row. ``rows=N``: ``values`` holds the ``N * prod(shape)`` elements in row-major order, flat
+    or nested to any depth (Open Inference Protocol ``data``), and the result is reshaped to ``[N, *shape]``."""
+    dtype = spec["dtype"]
+    target = TENSOR_DTYPES[dtype]
+    shape = tuple(spec["shape"])
+    per_row = int(np.prod(shape))
+    if isinstance(values, np.ndarray):
+        src = values
+    else:
+        try:
+            src = np.asarray(values)  # one pass in C; the element types are checked on its dtype
+        except (ValueError, TypeError, OverflowError):
+            raise RequestError(400, f"input {col!r}: ragged nested lists; each row must have shape "
+                                    f"{list(shape)}") from None
+    if rows is None:
+        if src.shape[1:] != shape:
+            raise RequestError(400, f"input {col!r}: each row must have shape {list(shape)}, got shape "
+                                    f"{list(src.shape[1:])}")
+    elif src.size != rows * per_row:
+        raise RequestError(400, f"input {col!r}: shape {[rows, *shape]} needs {rows * per_row} values, "
+                                f"got {src.size}")
+    kind = src.dtype.kind
+    if not src.size:
+        out = np.ascontiguousarray(src, dtype=target)
+    elif kind not in _TENSOR_SOURCES[target.kind]:
+        raise _bad_element(col, dtype, values, per_row)
+    elif target.kind in "iu":
+        out = _integers(col, dtype, values, src, per_row)
+    elif target.kind == "f" and (src.dtype.itemsize > target.itemsize if kind == "f" else target.itemsize == 2):
+        with np.errstate(over="ignore"):  # a narrowing cast: name a finite value it overflowed
+            out = np.ascontiguousarray(src, dtype=target)
+        overflow = np.isinf(out)
+        if overflow.any() and (overflow := overflow & np.isfinite(src)).any():  # (check_tensor names an inf)
+            raise _first(col, overflow, values, per_row, "value {v!r} is out of the " + dtype + " range")
+    else:
+        out = np.ascontiguousarray(src, dtype=target)
+    return out if rows is None else out.reshape((rows, *shape))
+
+
+def _integers(col: str, dtype: str, values: Any, src: np.ndarray, per_row: int) -> np.ndarray:
+    """An integer tensor from integers or integral floats, range-checked."""
+    target = TENSOR_DTYPES[dtype]
+    if src.dtype == target:
+        return np.ascontiguousarray(src)
+    kind = src.dtype.kind
+    if kind == "f":
+        frac = src != np.floor(src)  # NaN included
+        if frac.any():
+            raise _first(col, frac, values, per_row, "expected an integer, got {v!r}")
+    info = np.iinfo(target)
+    out_of_range = (src < info.min) | (src >= float(info.max) + 1 if kind == "f" else src > info.max)
+    if out_of_range.any():
+        raise _first(col, out_of_range, values, per_row, "value {v!r} is out of the " + dtype + " range")
+    if kind == "f" and not isinstance(values, np.ndarray):
+        # numpy reads [1, 2**63 + 1] as float64: convert the sent numbers one by one so large integers stay exact
+        try:
+            return np.asarray(values, dtype=target)
+        except OverflowError:
+            raise RequestError(400, f"input {col!r}: a value is out of the {dtype} range") from None
+    return np.ascontiguousarray(src, dtype=target)
+
+
+def check_tensor(col: str, spec: Mapping[str, Any], values: Any) -> np.ndarray:
+    """A tensor column: one nested list (or array) of the declared shape per row, or an array from
+    :func:`tensor_array` -> a C-contiguous array of shape ``[N, *shape]`` in the declared dtype's numpy type
+    (:data:`TENSOR_DTYPES`); non-finite floats are refused. An array that already is one is not copied."""
+    target = TENSOR_DTYPES[spec["dtype"]]
+    shape = tuple(spec["shape"])
+    if not (type(values) is np.ndarray and values.dtype == target and values.shape[1:] == shape
+            and values.ndim == len(shape) + 1 and values.flags.c_contiguous):
+        values = tensor_array(col, spec, values)
+    if target.kind == "f" and values.size:
+        finite = np.isfinite(values)
+        if not finite.all():
+            raise _first(col, ~finite, values, values.size // len(values), "non-finite value {v!r}")
+    return values
+
+
 def check_column(col: str, spec: Mapping[str, Any], values: Sequence[Any]) -> Sequence[Any]:
     """Check one column's values against its declared spec (see :data:`Columns`)."""
     t = spec["type"]
+    if t == "tensor":
+        return check_tensor(col, spec, values)
     if isinstance(values, np.ndarray) and values.dtype != object:
         return _check_array(col, spec, values)
     values = values if type(values) is list else list(values)
@@ -119,7 +250,7 @@ def check_column(col: str, spec: Mapping[str, Any], values: Sequence[Any]) -> Se
 
 def check_columns(cols: Mapping[str, Sequence[Any]], schema: Schema) -> Columns:
     """Validate decoded columns against the model's input schema: every input present, nothing unknown, equal
-    lengths, at least one row, and each value of its column's type."""
+    lengths (rows: a tensor input's first dimension), at least one row, and each value of its column's type."""
     missing = [c for c in schema if c not in cols]
     if missing:
         raise RequestError(400, f"missing input(s): {', '.join(missing)}")

@@ -1,8 +1,9 @@
 """Record-style request bodies: MLflow's scoring protocol (``/invocations``) and Loom's ``/predict``.
 
-MLflow's JSON formats are ``dataframe_split``, ``dataframe_records``, ``instances`` and ``inputs``; ``text/csv``
-takes a header row naming the columns. ``/predict`` takes a list of records, ``{"records": [...]}``, or
-``{"entities": [...]}`` whose features are looked up in the online feature store.
+MLflow's JSON formats are ``dataframe_split``, ``dataframe_records``, ``instances`` and ``inputs`` (records, or
+``{name: [value per row]}``, MLflow's tensor form); ``text/csv`` takes a header row naming the columns. A tensor
+input's value in a row is a nested list of its declared shape (CSV cannot carry one). ``/predict`` takes a list of
+records, ``{"records": [...]}``, or ``{"entities": [...]}`` whose features are looked up in the online feature store.
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ def _csv_value(text: str, col: str, kind: str, row: int) -> Any:
 
 def decode_csv(body: bytes, schema: Schema) -> Columns:
     """CSV with a header row; values are converted by each column's declared type (empty means null)."""
+    tensors = [c for c, s in schema.items() if s["type"] == "tensor"]
+    if tensors:
+        raise RequestError(415, f"tensor input(s) {', '.join(tensors)} need JSON: send application/json "
+                                "(e.g. {\"inputs\": {name: [row, ...]}}), not text/csv")
     try:
         text = body.decode()
     except UnicodeDecodeError:

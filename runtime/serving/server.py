@@ -19,7 +19,8 @@ import torch
 
 from ..config import Project, load_project
 from ..errors import LoomError
-from ..model import ModelBundle, read_reference
+from ..model import TENSOR_NUMPY, ModelBundle, read_reference
+from ..monitoring import TENSOR_STATS, tensor_summary
 from ..plugins import Plugins, get_plugins
 from .batching import MicroBatcher
 from .capture import Capture, CaptureStore
@@ -38,11 +39,25 @@ GEN0_THRESHOLD = 10_000
 @dataclass
 class Prediction:
     labels: list[Any]
-    proba: np.ndarray
+    """The predictions: a class per row (classification) or a value per row (regression)."""
+    proba: np.ndarray | None
+    """Class probabilities ``[N, classes]`` (classification only)."""
+
+
+def capture_schema(inputs: Schema) -> dict[str, Mapping[str, Any]]:
+    """What capture keeps of a model's inputs: tabular columns as they are, each tensor input as its per-row
+    summary statistics (float columns ``<input>.mean`` … ``.max``, see :func:`runtime.monitoring.tensor_summary`)."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for name, spec in inputs.items():
+        if spec.get("type") == "tensor":
+            out.update({f"{name}.{stat}": {"type": "float"} for stat in TENSOR_STATS})
+        else:
+            out[name] = spec
+    return out
 
 
 class LoadedVersion:
-    """One model version, loaded: its input schema, encoder, network, batcher and capture."""
+    """One model version, loaded: its input schema, task, encoder, network, batcher and capture."""
 
     def __init__(self, name: str, version: int, bundle: ModelBundle, reference: pd.DataFrame | None,
                  capture: Capture):
@@ -50,36 +65,53 @@ class LoadedVersion:
         self.version = version
         self.label = str(version)
         self.schema: Schema = bundle.inputs
+        assert bundle.task is not None
+        self.task = bundle.task
+        self.regression = self.task.name == "regression"
         self.classes = list(bundle.classes)
-        self.label_type = label_datatype(self.classes)
+        self.label_type = "FP64" if self.regression else label_datatype(self.classes)
         self.encode = FeatureEncoder(bundle.preprocessor)
+        self.tabular = bool(bundle.preprocessor.input_columns)
+        self.tensors = {n: (tuple(s["shape"]), TENSOR_NUMPY[s.get("dtype") or "FP32"])
+                        for n, s in bundle.tensors.items()}
         self.model = bundle.build()
         self.reference = reference
         self.capture = capture
         self.batcher: MicroBatcher | None = None
 
     @torch.inference_mode()
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities for an encoded float32 matrix."""
-        return torch.softmax(self.model(torch.from_numpy(x)), dim=-1).numpy()
+    def forward(self, x: tuple[np.ndarray, ...]) -> np.ndarray:
+        """The task's outputs (class probabilities, or values) for the model's encoded inputs."""
+        return self.task.postprocess(self.model(*map(torch.from_numpy, x)))
 
     def warm_up(self) -> None:
         """One forward pass, so the first request does not pay for lazy initialisation."""
-        self.forward(np.zeros((1, self.encode.width), dtype=np.float32))
+        x = (np.zeros((1, self.encode.width), dtype=np.float32),) if self.tabular else ()
+        self.forward(x + tuple(np.zeros((1, *shape), dtype=dtype) for shape, dtype in self.tensors.values()))
 
     async def predict(self, cols: Columns, request_id: str = "") -> Prediction:
         assert self.batcher is not None
         started = time.perf_counter()
-        numeric = self.encode.numeric_matrix(cols)
-        proba = await self.batcher(self.encode(cols, numeric))
-        if not np.isfinite(proba).all():
-            row = int(np.flatnonzero(~np.isfinite(proba).all(axis=1))[0])
+        numeric = self.encode.numeric_matrix(cols) if self.tabular else None
+        x = (self.encode(cols, numeric),) if self.tabular else ()
+        if self.tensors:
+            # a binary tensor may be a read-only view of the request body; torch wants a writable array
+            x += tuple(np.require(cols[n], dtype=dtype, requirements="W") for n, (_, dtype) in self.tensors.items())
+        out = await self.batcher(x)
+        finite = np.isfinite(out) if self.regression else np.isfinite(out).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
             raise RequestError(400, f"row {row}: the model's output is not finite; numeric inputs are too large")
-        classes = self.classes
-        labels = [classes[i] for i in proba.argmax(axis=1).tolist()]
-        self.capture.add(cols, labels, matrix=numeric, request_id=request_id,
+        labels = self.task.predictions(out)
+        captured = cols
+        if self.tensors:
+            captured = {**cols}
+            for n in self.tensors:
+                del captured[n]
+                captured.update(tensor_summary(n, cols[n]))
+        self.capture.add(captured, labels, matrix=numeric, request_id=request_id,
                          latency_s=time.perf_counter() - started)
-        return Prediction(labels, proba)
+        return Prediction(labels, None if self.regression else out)
 
 
 @dataclass(frozen=True)
@@ -133,7 +165,7 @@ class ModelServer:
         reference = read_reference(self.registry, mv)
         mon = self.project.config.monitoring
         capture = Capture(name, mv.version, mon.window, mon.sample_rate, store=self.store,
-                          schema=bundle.inputs, numeric=tuple(bundle.preprocessor.numeric))
+                          schema=capture_schema(bundle.inputs), numeric=tuple(bundle.preprocessor.numeric))
         return LoadedVersion(name, mv.version, bundle, reference, capture)
 
     def _start(self, lv: LoadedVersion) -> LoadedVersion:
