@@ -54,7 +54,7 @@ def _forward_ms(hidden: list[int]) -> float:
 
     from runtime.model import TabularMLP
 
-    model = TabularMLP(N_INPUTS, hidden, 2, 0.0).eval()
+    model = TabularMLP(in_features=N_INPUTS, out_features=2, hidden=hidden, dropout=0.0).eval()
     x = torch.randn(1, N_INPUTS)
     with torch.inference_mode():
         for _ in range(30):
@@ -137,8 +137,7 @@ def _baseline_app(root: Path, name: str):
     from runtime.model import ModelBundle
 
     registry = get_plugins().registry("local", state_dir=load_project(root).state_dir, options={})
-    model = ModelBundle.from_artifacts({a: registry.read_artifact(name, 1, a)
-                                        for a in ("model.json", "model.safetensors")}).build()
+    model = ModelBundle.from_registry(registry, name, 1).build()
     app = FastAPI()
 
     @app.post("/v2/models/{name}/infer")
@@ -221,10 +220,14 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)] if match else float("nan")
 
 
-def run_wrk(url: str, body_file: Path, clients: int, duration: int) -> dict[str, float]:
+def run_wrk(url: str, body_file: Path, clients: int, duration: int,
+            headers: dict[str, str] | None = None) -> dict[str, float]:
+    """POST ``body_file`` (JSON unless ``headers`` say otherwise) from ``clients`` keep-alive connections."""
     script = body_file.with_suffix(".lua")
-    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*all")\nf:close()\n')
+    lines = ['wrk.method = "POST"', *(f'wrk.headers["{k}"] = "{v}"' for k, v in
+                                      (headers or {"Content-Type": "application/json"}).items()),
+             f'local f = io.open("{body_file}", "rb")', 'wrk.body = f:read("*all")', "f:close()"]
+    script.write_text("\n".join(lines) + "\n")
     cmd = ["wrk", f"-t{min(clients, 2)}", f"-c{clients}", f"-d{duration}s", "--timeout", "10s", "--latency",
            "-s", str(script), url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout

@@ -33,6 +33,9 @@ def test_named_metrics_exist():
     metrics.record("m", 1, {"features": {"x": {"score": 0.5, "drifted": False}}, "share_drifted": 0.0,
                             "drifted": False, "prediction_drift": {"drifted": False},
                             "performance": {"accuracy": 1.0}, "trigger": "schedule"})
+    metrics.record("reg", 1, {"features": {"x": {"score": 0.5, "drifted": False}}, "share_drifted": 0.0,
+                              "drifted": False, "prediction_drift": {"drifted": False},
+                              "performance": {"rmse": 2.5, "mae": 2.0, "r2": 0.9}, "trigger": "schedule"})
     serving.capture_dropped.inc()
     serving.capture_stored.inc()
     exported = {s.name for family in registry.collect() for s in family.samples}

@@ -278,11 +278,16 @@ class Capture:
             self.store.layouts[(self.model, self.version)] = layout
         return layout
 
+    def draw(self) -> bool:
+        """Whether the next request is sampled (``sample_rate``); :meth:`add` draws itself unless told it was."""
+        return self.sample_rate >= 1 or (self.sample_rate > 0 and self._rng.random() < self.sample_rate)
+
     def add(self, cols: Columns, predicted: list[Any], *, matrix: np.ndarray | None = None, request_id: str = "",
-            latency_s: float = 0.0) -> None:
+            latency_s: float = 0.0, drawn: bool = False) -> None:
         """Sample one served request: its validated ``cols``, the ``predicted`` labels and, when the layout reads
-        inputs from it, the encoder's numeric ``matrix`` of the same request."""
-        if self.sample_rate <= 0 or (self.sample_rate < 1 and self._rng.random() >= self.sample_rate):
+        inputs from it, the encoder's numeric ``matrix`` of the same request. ``drawn``: the caller already
+        called :meth:`draw` and it said yes (so what it captures is only computed for sampled requests)."""
+        if not drawn and not self.draw():
             return
         layout = self.layout or self._set_layout(Layout.of(cols))
         if layout.from_matrix and matrix is None:  # a caller without the encoder's matrix: built as it builds it

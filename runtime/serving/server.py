@@ -103,14 +103,15 @@ class LoadedVersion:
             row = int(np.flatnonzero(~finite)[0])
             raise RequestError(400, f"row {row}: the model's output is not finite; numeric inputs are too large")
         labels = self.task.predictions(out)
-        captured = cols
-        if self.tensors:
-            captured = {**cols}
+        if not self.tensors:
+            self.capture.add(cols, labels, matrix=numeric, request_id=request_id,
+                             latency_s=time.perf_counter() - started)
+        elif self.capture.draw():  # a tensor's summary statistics are computed for sampled requests only
+            captured = {c: v for c, v in cols.items() if c not in self.tensors}
             for n in self.tensors:
-                del captured[n]
                 captured.update(tensor_summary(n, cols[n]))
-        self.capture.add(captured, labels, matrix=numeric, request_id=request_id,
-                         latency_s=time.perf_counter() - started)
+            self.capture.add(captured, labels, matrix=numeric, request_id=request_id,
+                             latency_s=time.perf_counter() - started, drawn=True)
         return Prediction(labels, None if self.regression else out)
 
 
