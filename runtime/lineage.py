@@ -20,8 +20,8 @@ from ._version import __version__
 from .config import Project
 from .registry import ModelRegistry, ModelVersion
 
-#: The version tag that holds the key.
-LINEAGE_TAG = "loom.lineage_key"
+#: Where a version keeps its key: ``lineage["key"]`` (fixed at registration, unlike tags).
+LINEAGE_KEY = "key"
 #: Directories of a project that hold no code of its own.
 _SKIP_DIRS = {"__pycache__", "node_modules", "site-packages"}
 
@@ -61,7 +61,7 @@ def find_version(registry: ModelRegistry, model: str, key: str) -> ModelVersion 
         versions = registry.list_versions(model)
     except NotFoundError:
         return None
-    matching = [v for v in versions if v.tags.get(LINEAGE_TAG) == key]
+    matching = [v for v in versions if v.lineage.get(LINEAGE_KEY) == key]
     return max(matching, key=lambda v: v.version) if matching else None
 
 

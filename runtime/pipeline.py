@@ -291,7 +291,7 @@ class Pipeline:
     def register(self, trained: Trained, data: Dataset, view: FeatureService) -> ModelVersion:
         """Record the trained model as a new version with lineage, and point the configured alias at it."""
         from .artifacts import REFERENCE
-        from .lineage import LINEAGE_TAG
+        from .lineage import LINEAGE_KEY
 
         cfg = self.project.config
         key = self.lineage_key(data)
@@ -314,11 +314,11 @@ class Pipeline:
                              **_versions("loom-mlops", "torch", "ray", "pandas", "numpy", "pyarrow", "safetensors",
                                          "evidently")},
                 "reference_profile": REFERENCE,
-                "key": key,
+                LINEAGE_KEY: key,
             }
             version = self.registry.register(cfg.model.name, trained.artifacts, params=trained.params,
                                              metrics=trained.metrics, lineage=lineage, alias=cfg.registry.alias,
-                                             run_id=trained.run_id, tags={LINEAGE_TAG: key})
+                                             run_id=trained.run_id)
         self.plugins.call("loom_model_registered", project=self.project, version=version)
         return version
 

@@ -254,7 +254,7 @@ class Plugins:
 
     # -- registrations ---------------------------------------------------------------------------------------
 
-    def _registrar(self, kind: _Kind, plugin: str, hook: str) -> Callable[[str, Callable[..., Any]], None]:
+    def _registrar(self, kind: _Kind, plugin: str, hook: str) -> hookspecs.Register:
         def register(name: str, factory: Callable[..., Any]) -> None:
             if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
                 raise PluginError(plugin, hook, f"registered an invalid {kind.what} name {name!r}",

@@ -10,7 +10,7 @@ import yaml
 
 from conftest import make_project
 from runtime import LoomError, NotFoundError, Pipeline, get_plugins, load_project
-from runtime.lineage import LINEAGE_TAG, find_version, lineage_key
+from runtime.lineage import LINEAGE_KEY, find_version, lineage_key
 
 FINGERPRINTS = {"csv://data/customers.csv": "sha256:aaaa"}
 
@@ -53,9 +53,9 @@ def test_find_version_returns_the_latest_version_with_the_key(project):
     proj = load_project(project)
     registry = get_plugins().registry("local", state_dir=proj.state_dir, options={})
     assert find_version(registry, "churn", "sha256:k") is None  # no model at all
-    registry.register("churn", {"model.json": b"{}"}, tags={LINEAGE_TAG: "sha256:k"})
-    registry.register("churn", {"model.json": b"{}"}, tags={LINEAGE_TAG: "sha256:other"})
-    registry.register("churn", {"model.json": b"{}"}, tags={LINEAGE_TAG: "sha256:k"})
+    registry.register("churn", {"model.json": b"{}"}, lineage={LINEAGE_KEY: "sha256:k"})
+    registry.register("churn", {"model.json": b"{}"}, lineage={LINEAGE_KEY: "sha256:other"})
+    registry.register("churn", {"model.json": b"{}"}, lineage={LINEAGE_KEY: "sha256:k"})
     assert find_version(registry, "churn", "sha256:k").version == 3
     assert find_version(registry, "churn", "sha256:other").version == 2
     assert find_version(registry, "churn", "sha256:none") is None
