@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..monitoring import TENSOR_STATS, tensor_summary
 from .encoding import numeric_matrix
 from .protocol import Columns
 
@@ -49,6 +50,9 @@ class Layout(NamedTuple):
     others: tuple[str, ...]
     #: The encoder's numeric matrix columns, in order.
     numeric: tuple[str, ...] = ()
+    #: Tensor inputs: kept per sample as decoded, stored as their summary statistics (computed at flush, for a
+    #: whole batch of samples at once, never on the request path).
+    tensors: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, inputs: Any, numeric: tuple[str, ...] = (), types: Mapping[str, str] | None = None) -> Layout:
@@ -56,7 +60,10 @@ class Layout(NamedTuple):
         types = types or {}
         from_matrix = tuple((c, j, types[c]) for j, c in enumerate(numeric) if types.get(c) in ("float", "bool"))
         taken = {c for c, _, _ in from_matrix}
-        return cls(tuple(inputs), from_matrix, tuple(c for c in inputs if c not in taken), tuple(numeric))
+        tensors = tuple(c for c in inputs if types.get(c) == "tensor")
+        columns = tuple(chain.from_iterable((f"{c}.{stat}" for stat in TENSOR_STATS) if c in tensors else (c,)
+                                            for c in inputs))
+        return cls(columns, from_matrix, tuple(c for c in inputs if c not in taken), tuple(numeric), tensors)
 
 
 #: One sampled request, a flat tuple: ``(model, version, request_id, ts, latency_s, rows, matrix, predicted,
@@ -108,6 +115,9 @@ def _columns(samples: list[Sample], layout: Layout) -> dict[str, Any]:
                     col = np.where(missing, None, col).astype(object)
             inputs[name] = col
     for c, values in zip(layout.others, fields[_VALUES:]):
+        if c in layout.tensors:  # [rows, *shape] per sample -> per-row summary statistics, in one pass
+            inputs.update(tensor_summary(c, np.concatenate(values)))  # decoded tensors are arrays, rows first
+            continue
         if type(values[0]) is np.ndarray:
             try:  # a numpy column, as decoded: joined in one call
                 inputs[c] = np.concatenate(values)
@@ -278,16 +288,11 @@ class Capture:
             self.store.layouts[(self.model, self.version)] = layout
         return layout
 
-    def draw(self) -> bool:
-        """Whether the next request is sampled (``sample_rate``); :meth:`add` draws itself unless told it was."""
-        return self.sample_rate >= 1 or (self.sample_rate > 0 and self._rng.random() < self.sample_rate)
-
     def add(self, cols: Columns, predicted: list[Any], *, matrix: np.ndarray | None = None, request_id: str = "",
-            latency_s: float = 0.0, drawn: bool = False) -> None:
+            latency_s: float = 0.0) -> None:
         """Sample one served request: its validated ``cols``, the ``predicted`` labels and, when the layout reads
-        inputs from it, the encoder's numeric ``matrix`` of the same request. ``drawn``: the caller already
-        called :meth:`draw` and it said yes (so what it captures is only computed for sampled requests)."""
-        if not drawn and not self.draw():
+        inputs from it, the encoder's numeric ``matrix`` of the same request."""
+        if self.sample_rate <= 0 or (self.sample_rate < 1 and self._rng.random() >= self.sample_rate):
             return
         layout = self.layout or self._set_layout(Layout.of(cols))
         if layout.from_matrix and matrix is None:  # a caller without the encoder's matrix: built as it builds it

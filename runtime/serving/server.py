@@ -20,7 +20,7 @@ import torch
 from ..config import Project, load_project
 from ..errors import LoomError
 from ..model import TENSOR_NUMPY, ModelBundle, read_reference
-from ..monitoring import TENSOR_STATS, tensor_summary
+from ..monitoring import TENSOR_STATS
 from ..plugins import Plugins, get_plugins
 from .batching import MicroBatcher
 from .capture import Capture, CaptureStore
@@ -103,15 +103,7 @@ class LoadedVersion:
             row = int(np.flatnonzero(~finite)[0])
             raise RequestError(400, f"row {row}: the model's output is not finite; numeric inputs are too large")
         labels = self.task.predictions(out)
-        if not self.tensors:
-            self.capture.add(cols, labels, matrix=numeric, request_id=request_id,
-                             latency_s=time.perf_counter() - started)
-        elif self.capture.draw():  # a tensor's summary statistics are computed for sampled requests only
-            captured = {c: v for c, v in cols.items() if c not in self.tensors}
-            for n in self.tensors:
-                captured.update(tensor_summary(n, cols[n]))
-            self.capture.add(captured, labels, matrix=numeric, request_id=request_id,
-                             latency_s=time.perf_counter() - started, drawn=True)
+        self.capture.add(cols, labels, matrix=numeric, request_id=request_id, latency_s=time.perf_counter() - started)
         return Prediction(labels, None if self.regression else out)
 
 
@@ -166,7 +158,7 @@ class ModelServer:
         reference = read_reference(self.registry, mv)
         mon = self.project.config.monitoring
         capture = Capture(name, mv.version, mon.window, mon.sample_rate, store=self.store,
-                          schema=capture_schema(bundle.inputs), numeric=tuple(bundle.preprocessor.numeric))
+                          schema=bundle.inputs, numeric=tuple(bundle.preprocessor.numeric))
         return LoadedVersion(name, mv.version, bundle, reference, capture)
 
     def _start(self, lv: LoadedVersion) -> LoadedVersion:

@@ -1,19 +1,20 @@
-"""`examples/regression` and `examples/images` end to end, as `loom up` runs them: data made by `data.generate`,
-trained on Ray Train, registered, served on Ray Serve, queried through tritonclient (binary tensors, its default),
-MLflow `/invocations` and `/predict`, given feedback, and answering a drift check."""
+"""`examples/regression` end to end, as `loom up` runs it: data made by `data.generate`, trained on Ray Train,
+registered, served on Ray Serve, queried through tritonclient (binary tensors, its default), MLflow
+`/invocations` and `/predict`, given feedback, and answering a drift check. (One module per example: each
+serves at the session cluster's root prefix, released when the module ends.)"""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
+from example_projects import copy_example as _copy
+from example_projects import triton as _triton
 from runtime import Pipeline
 from runtime.model import ModelBundle, Predictor
 from runtime.serving import shutdown
@@ -21,30 +22,9 @@ from runtime.tasks import regression_metrics
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HOUSE_FEATURES = ["size_m2", "rooms", "age_years", "neighbourhood", "garage", "distance_km"]
 OIP_TYPES = {"int": ("INT64", np.int64), "float": ("FP64", np.float64), "bool": ("BOOL", np.bool_),
              "category": ("BYTES", np.object_)}
-
-
-def _copy(name: str, dest: Path, port: int, **overrides) -> Path:
-    root = dest / name
-    shutil.copytree(EXAMPLES / name, root, ignore=shutil.ignore_patterns("data", ".loom", "__pycache__"))
-    cfg = yaml.safe_load((root / "loom.yaml").read_text())
-    cfg["serving"]["port"] = port
-    for section, values in overrides.items():
-        cfg.setdefault(section, {}).update(values)
-    (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return root
-
-
-def _triton(url: str):
-    import tritonclient.http as tc
-
-    return tc, tc.InferenceServerClient(url=url.removeprefix("http://"))
-
-
-# -- regression ------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -114,65 +94,3 @@ def test_regression_invocations_predict_feedback_and_drift(prices):
     assert report["performance"]["rows"] >= 1 and "rmse" in report["performance"]
 
 
-# -- images ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def shapes(ray_cluster, serve_port, tmp_path_factory):
-    root = _copy("images", tmp_path_factory.mktemp("images"), serve_port, training={"epochs": 4})
-    pipe = Pipeline(root)
-    result = pipe.up()
-    yield {"pipe": pipe, "result": result, "url": result.url, "root": root}
-    shutdown(pipe.project)
-
-
-def _pictures(root: Path, n: int, drift: float = 0.0):
-    import sys
-
-    sys.path.insert(0, str(root))
-    try:
-        from generate_data import generate
-    finally:
-        sys.path.remove(str(root))
-    frame = generate(n, seed=99, drift=drift)
-    return np.stack(frame["image"].to_list()).reshape(n, 1, 28, 28).astype(np.float32), frame["shape"].tolist()
-
-
-def test_images_serve_binary_tensors_to_tritonclient(shapes):
-    tc, triton = _triton(shapes["url"])
-    meta = triton.get_model_metadata("shapes")
-    assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
-    images, labels = _pictures(shapes["root"], 200)
-    inp = tc.InferInput("image", list(images.shape), "FP32")
-    inp.set_data_from_numpy(images, binary_data=True)
-    result = triton.infer("shapes", [inp])
-    predicted = [p.decode() if isinstance(p, bytes) else p for p in result.as_numpy("predicted").tolist()]
-    accuracy = float(np.mean([p == y for p, y in zip(predicted, labels)]))
-    print(f"served accuracy on 200 new pictures: {accuracy:.3f}")
-    assert accuracy > 0.8
-    assert result.as_numpy("probabilities").reshape(200, 4).sum(axis=1) == pytest.approx(np.ones(200), abs=1e-4)
-    # JSON, nested, one picture: the same answer
-    one = httpx.post(f"{shapes['url']}/v2/models/shapes/infer", timeout=30, json={"inputs": [
-        {"name": "image", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": images[:1].tolist()}]})
-    assert one.status_code == 200, one.text
-    assert one.json()["outputs"][0]["data"] == predicted[:1]
-
-
-def test_images_reject_a_wrong_shape_with_a_clear_400(shapes):
-    bad = httpx.post(f"{shapes['url']}/v2/models/shapes/infer", timeout=30, json={"inputs": [
-        {"name": "image", "datatype": "FP32", "shape": [1, 28, 28], "data": [0.0] * 784}]})
-    assert bad.status_code == 400
-    assert bad.json() == {"error": "input 'image': shape [1, 28, 28] does not match [N, 1, 28, 28]"}
-
-
-def test_images_answer_a_drift_check_on_summary_statistics(shapes):
-    tc, triton = _triton(shapes["url"])
-    images, _ = _pictures(shapes["root"], 150, drift=2.0)  # brighter, noisier pictures
-    inp = tc.InferInput("image", list(images.shape), "FP32")
-    inp.set_data_from_numpy(images, binary_data=True)
-    triton.infer("shapes", [inp])
-    drift = httpx.get(f"{shapes['url']}/monitoring/shapes/drift", timeout=120)
-    assert drift.status_code == 200, drift.text
-    report = drift.json()
-    assert set(report["features"]) == {"image.mean", "image.std", "image.min", "image.max"}
-    assert report["features"]["image.mean"]["drifted"] and report["drifted"]
