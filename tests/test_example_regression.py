@@ -6,7 +6,6 @@ serves at the session cluster's root prefix, released when the module ends.)"""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
 import numpy as np
