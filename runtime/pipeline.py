@@ -37,6 +37,8 @@ class Dataset:
     fingerprint: str
     quarantined: int = 0
     """Bad rows set aside in a quarantine file (``data.bad_rows.policy: quarantine``) rather than kept."""
+    lineage_key: str | None = None
+    """What training on this data would make, once computed (:meth:`Pipeline.lineage_key`)."""
 
 
 @dataclass
@@ -344,10 +346,12 @@ class Pipeline:
         view's own source's), the settings that shape training and the code (:mod:`runtime.lineage`)."""
         from .lineage import lineage_key
 
-        fingerprints = {data.uri: data.fingerprint}
-        for own in self.project.config.feature_definitions.sources.values():
-            fingerprints[own.uri] = self.open_source(own.uri, own.options).fingerprint()
-        return lineage_key(self.project, fingerprints)
+        if data.lineage_key is None:  # once per dataset: the reuse check and register both need it
+            fingerprints = {data.uri: data.fingerprint}
+            for own in self.project.config.feature_definitions.sources.values():
+                fingerprints[own.uri] = self.open_source(own.uri, own.options).fingerprint()
+            data.lineage_key = lineage_key(self.project, fingerprints)
+        return data.lineage_key
 
     def reusable(self, data: Dataset) -> ModelVersion | None:
         """A registered version trained on the same data, settings and code as ``data`` would be, if any; the

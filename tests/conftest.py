@@ -43,10 +43,10 @@ def serve_port() -> int:
     return free_port()
 
 
-def make_project(dest: Path, *, port: int, generate: bool = True, **overrides) -> Path:
-    """Copy the quickstart into ``dest`` with fresh generated data (none with ``generate=False``: ``loom up``
-    then makes it through ``data.generate``) and the given config overrides."""
-    shutil.copytree(QUICKSTART, dest, ignore=shutil.ignore_patterns("data", ".loom"), dirs_exist_ok=True)
+def make_project(dest: Path, *, port: int, generate: bool = True, source: Path = QUICKSTART, **overrides) -> Path:
+    """Copy an example (the quickstart by default) into ``dest`` with fresh generated data (none with
+    ``generate=False``: ``loom up`` then makes it through ``data.generate``) and the given config overrides."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("data", ".loom", "__pycache__"), dirs_exist_ok=True)
     if generate:
         subprocess.run([sys.executable, str(dest / "generate_data.py")], check=True, cwd=dest)
     cfg = yaml.safe_load((dest / "loom.yaml").read_text())
@@ -55,6 +55,13 @@ def make_project(dest: Path, *, port: int, generate: bool = True, **overrides) -
         cfg.setdefault(section, {}).update(values)
     (dest / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return dest
+
+
+def edit_config(root: Path, section: str, **values) -> None:
+    """Update one section of a project's loom.yaml in place."""
+    cfg = yaml.safe_load((root / "loom.yaml").read_text())
+    cfg.setdefault(section, {}).update(values)
+    (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 @pytest.fixture(scope="session")

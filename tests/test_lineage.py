@@ -8,17 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import edit_config as _edit
 from conftest import make_project
 from runtime import LoomError, NotFoundError, Pipeline, get_plugins, load_project
 from runtime.lineage import LINEAGE_KEY, find_version, lineage_key
 
 FINGERPRINTS = {"csv://data/customers.csv": "sha256:aaaa"}
-
-
-def _edit(root: Path, section: str, **values) -> None:
-    cfg = yaml.safe_load((root / "loom.yaml").read_text())
-    cfg.setdefault(section, {}).update(values)
-    (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
+from conftest import edit_config as _edit
 from conftest import make_project
 from runtime import ConfigError, DataValidationError, Pipeline, load_project
 from runtime.artifacts import SPEC, WEIGHTS
@@ -23,12 +23,6 @@ from runtime.preparation import prepare, task_of
 from runtime.tasks import Classification, Regression, macro_f1, regression_metrics
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def _edit(root: Path, section: str, **values) -> None:
-    cfg = yaml.safe_load((root / "loom.yaml").read_text())
-    cfg.setdefault(section, {}).update(values)
-    (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 @pytest.fixture
