@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 from .features import FeatureService, FeatureView
 from .names import check_name
+from .secrets import interpolate
 
 PROJECT_FILE = "loom.yaml"
 
@@ -366,9 +367,28 @@ class ServingConfig(_Strict):
     health_check_period_s: float = Field(5, gt=0, description="Seconds between replica health checks.")
     health_check_timeout_s: float = Field(10, gt=0, description="A health check slower than this fails.")
     auth_token_env: str | None = Field(
-        None, description="Environment variable holding a bearer token; when set, inference and admin routes need "
-        "it (health probes stay open).")
-    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest accepted request body (413 above).")
+        None, description="Environment variable holding the inference bearer token; when set, every route needs a "
+        "token except the health probes and `public_paths` (docs/security.md).")
+    operator_token_env: str | None = Field(
+        None, description="Environment variable holding the operator token, needed for feedback, monitoring, "
+        "metrics, admin and rollout routes. Default: the inference token (auth_token_env) covers them too.")
+    public_paths: list[str] = Field(
+        default_factory=list, description="Exact paths (after route_prefix) opened without a token on purpose, e.g. "
+        "/metrics for a Prometheus on a private network. The health probes are always open.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host header values accepted (names, optionally *.suffix; any port); "
+        "others get 400. Empty: any host.")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest accepted request body, enforced while "
+                                "it is read, chunked or not (413 above).")
+    max_rows: int = Field(10_000, ge=1, description="Most rows one request may carry (413 above); a request is "
+                          "split into batches of max_batch_size.")
+    max_string_length: int = Field(4096, ge=1, description="Longest string input value, in characters (400 above).")
+    max_json_depth: int = Field(32, ge=2, description="Deepest nesting of a JSON request body (400 above).")
+    allowed_architectures: list[str] | None = Field(
+        None, description="Import paths 'module:Class' a served version may name; checked before anything is "
+        "imported. Default: runtime.model:TabularMLP and the project's model.architecture.")
+    max_parameters: int = Field(500_000_000, ge=1, description="Most parameters (elements of all weight tensors, "
+                                "read from the safetensors header) a served version may have.")
 
     @field_validator("route_prefix")
     @classmethod
@@ -376,6 +396,20 @@ class ServingConfig(_Strict):
         if not v.startswith("/") or (v != "/" and v.endswith("/")) or "//" in v or ".." in v:
             raise ValueError(f"route_prefix {v!r} must start with '/' and not end with one, e.g. /churn")
         return v
+
+    @field_validator("public_paths")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not p.startswith("/") or "*" in p or ".." in p:
+                raise ValueError(f"public path {p!r} must be an exact path starting with '/' (no wildcards)")
+        return v
+
+    def architectures(self, model: ModelConfig) -> frozenset[str]:
+        """The architectures a served version may name (see ``allowed_architectures``)."""
+        if self.allowed_architectures is not None:
+            return frozenset(self.allowed_architectures)
+        return frozenset({"runtime.model:TabularMLP", model.architecture})
 
 
 class RetrainConfig(_Strict):
@@ -406,7 +440,7 @@ class MonitoringConfig(_Strict):
     store: Literal["parquet"] | None = Field("parquet", description="Capture store; null keeps only the window.")
     store_path: str | None = Field(None, description="Where captured rows go (default: <state_dir>/capture).")
     flush_interval_s: float = Field(2, gt=0, description="Seconds between background flushes to the store.")
-    max_pending: int = Field(10000, ge=1, description="Sampled requests buffered for the store; more are dropped "
+    max_pending: int = Field(100_000, ge=1, description="Sampled rows buffered for the store; more are dropped "
                              "and counted (loom_capture_dropped_total).")
     retrain: RetrainConfig = Field(default_factory=RetrainConfig, description="The drift-to-retrain loop.")
     options: dict[str, Any] = Field(default_factory=dict, description="Options passed to the drift-monitor plugin.")
@@ -512,4 +546,8 @@ def load_project(path: str | Path) -> Project:
         data = yaml.safe_load(file.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{file} is not valid YAML: {err}") from None
+    try:
+        data = interpolate(data)
+    except ConfigError as err:
+        raise ConfigError(f"{file}: {err}") from None
     return Project(root=file.parent, config=parse_config(data, file))
