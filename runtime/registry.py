@@ -146,7 +146,7 @@ def parse_ref(ref: int | str) -> int | str:
     if isinstance(ref, int):
         return ref
     s = str(ref)
-    if s.isdigit():
+    if s.isascii() and s.isdigit():
         return int(s)
     return check_name(s, "alias")
 

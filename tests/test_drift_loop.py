@@ -61,7 +61,7 @@ def replay(client: httpx.Client, frame: pd.DataFrame, *, batch: int = 50) -> lis
         r = client.post("/predict/churn", content=part[FEATURES].to_json(orient="records"),
                         headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
-        sent.append((r.headers["x-request-id"], part))
+        sent.append((r.headers["x-loom-request-id"], part))
     return sent
 
 

@@ -40,22 +40,31 @@ def served(tmp_path_factory):
         yield root, server, client
 
 
-def test_request_ids_are_echoed_and_generated(served):
+def test_request_ids_are_the_servers_and_the_clients_is_kept(served):
+    """The server names every request itself (X-Loom-Request-ID, what feedback names): a client cannot choose the
+    ids the loop judges by. The client's own id is echoed and kept beside it."""
     _, _, client = served
     rows = records(data(served[0]).head(2))
     r = client.post("/predict/churn", json=rows, headers={"X-Request-ID": "abc-1"})
     assert r.status_code == 200 and r.headers["x-request-id"] == "abc-1"
-    generated = client.post("/predict/churn", json=rows).headers["x-request-id"]
-    assert len(generated) == 32 and generated != "abc-1"
+    ours = r.headers["x-loom-request-id"]
+    assert len(ours) == 32 and ours != "abc-1"
+    again = client.post("/predict/churn", json=rows, headers={"X-Request-ID": "abc-1"}).headers["x-loom-request-id"]
+    assert again != ours  # the same client id twice is still two requests
+    generated = client.post("/predict/churn", json=rows)
+    assert generated.headers["x-request-id"] == generated.headers["x-loom-request-id"]
     r = client.post("/v2/models/churn/infer", json={"id": "oip-7", "inputs": oip_inputs(data(served[0]).head(1))})
     assert r.status_code == 200 and r.headers["x-request-id"] == "oip-7" and r.json()["id"] == "oip-7"
+    assert r.headers["x-loom-request-id"] != "oip-7"
 
 
 def test_capture_store_partitions_by_model_version_date(served):
     root, server, client = served
     rows = data(root).iloc[:50]
-    rid = uuid.uuid4().hex
-    assert client.post("/predict/churn", json=records(rows), headers={"X-Request-ID": rid}).status_code == 200
+    client_id = uuid.uuid4().hex
+    r = client.post("/predict/churn", json=records(rows), headers={"X-Request-ID": client_id})
+    assert r.status_code == 200
+    rid = r.headers["x-loom-request-id"]
     store = server.project.capture_dir
     deadline = time.monotonic() + 10
     while rid not in set(read_captured(store, "churn", 1)["request_id"]) and time.monotonic() < deadline:
@@ -63,6 +72,7 @@ def test_capture_store_partitions_by_model_version_date(served):
     captured = read_captured(store, "churn", 1)
     mine = captured[captured["request_id"] == rid]
     assert list(mine["row"]) == list(range(50)) and (mine["version"] == 1).all()
+    assert (mine["client_request_id"] == client_id).all()
     assert mine["latency_ms"].iloc[0] > 0 and set(mine["monthly_charges"]) == set(rows["monthly_charges"])
     assert {p.name.split("=")[0] for p in (store / "model=churn" / "version=1").iterdir()} == {"date"}
 
@@ -75,6 +85,23 @@ def test_capture_drops_and_counts_when_the_store_is_full(tmp_path: Path):
     assert (store.dropped, len(capture.frame())) == (2, 5)
     store.flush()
     assert len(read_captured(tmp_path, "m")) == 3
+
+
+def test_window_and_store_buffer_are_sized_in_rows(tmp_path: Path):
+    """A 40-row request weighs 40 rows, not one request: the buffer refuses what would take it past max_pending
+    rows, and the window keeps the newest `window` rows."""
+    store = CaptureStore(tmp_path, max_pending=100, flush_s=3600)
+    capture = Capture("m", 1, window=50, sample_rate=1.0, store=store)
+    for i in range(3):
+        capture.add({"x": [float(i)] * 40}, ["a"] * 40)
+    assert (store.dropped, store.pending_rows) == (1, 80)
+    window = capture.frame()
+    assert len(window) == 50 and window["x"].tolist() == [1.0] * 10 + [2.0] * 40
+    assert sum(s[6] for s in capture._chunks) < 50 + 40  # older requests are let go, not just trimmed
+    store.flush()
+    assert store.pending_rows == 0 and len(read_captured(tmp_path, "m")) == 80
+    capture.add({"x": [9.0] * 120}, ["b"] * 120)  # one request larger than the window is kept whole
+    assert len(capture.frame()) == 50 and store.dropped == 2
 
 
 def _typed_capture(tmp_path: Path) -> tuple[Capture, CaptureStore, FeatureEncoder]:
@@ -106,8 +133,8 @@ def test_capture_keeps_every_input_exactly_as_sent(tmp_path: Path):
                 "prediction": ["p0", "p1", "p1", "p2"]}
     store.flush()
     stored = pq.read_table(next(tmp_path.glob("model=m/version=1/date=*/part-*.parquet")))
-    assert stored.column_names == ["request_id", "row", "ts", "version", "latency_ms", "f", "n", "b", "c",
-                                   "prediction"]
+    assert stored.column_names == ["request_id", "client_request_id", "row", "ts", "version", "latency_ms", "f",
+                                   "n", "b", "c", "prediction"]
     assert {c: stored[c].to_pylist() for c in expected} == expected
     assert (stored.schema.field("f").type, stored.schema.field("n").type, stored.schema.field("b").type) == (
         pa.float64(), pa.int64(), pa.bool_())
@@ -139,7 +166,7 @@ def test_feedback_validates_and_feeds_performance(served):
     ids = []
     for start in range(0, 300, 30):
         r = client.post("/predict/churn", json=records(df.iloc[start:start + 30]))
-        ids.append(r.headers["x-request-id"])
+        ids.append(r.headers["x-loom-request-id"])
     labels = [{"id": rid, "label": df["churned"].iloc[i * 30:(i + 1) * 30].tolist()} for i, rid in enumerate(ids)]
     assert client.post("/feedback/churn", json={"labels": labels}).json() == {"model": "churn", "accepted": 300}
     assert client.post("/feedback/churn", json={"labels": [{"id": ids[0], "label": "maybe"}]}).status_code == 422

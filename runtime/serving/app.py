@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .._version import __version__
 from . import oip
 from .openapi import build_openapi
-from .protocol import RequestError
+from .protocol import RequestError, parse_json
 from .scoring import decode_mlflow, decode_predict
 from .capture import new_request_id
 from .drift import DriftChecks
@@ -34,8 +34,47 @@ from .server import LoadedVersion, ModelServer
 
 log = logging.getLogger("loom.serving")
 
-#: Paths that never need the bearer token: probes, and the documents describing the API.
-OPEN_PATHS = ("/v2/health/", "/docs", "/openapi.json", "/metrics")
+#: The only routes that never need a token: the liveness and readiness probes (exact paths).
+PROBES = frozenset({"/v2/health/live", "/v2/health/ready"})
+#: Route scopes: open (the probes, ``serving.public_paths``), inference (inference and the documents describing it;
+#: the inference or the operator token), operator (everything else: feedback, monitoring, metrics, admin; the
+#: operator token only). A path matching no route is an operator path, so an unknown path reveals nothing.
+OPEN, INFERENCE, OPERATOR = "open", "inference", "operator"
+_INFERENCE_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json", "/v2", "/invocations"})
+#: Request methods that carry a body and change state: checked for their content type and origin.
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: What the HTML Loom serves may do: run its own inline scripts in an opaque origin (no cookies, storage or
+#: same-origin requests), load nothing from the network.
+HTML_CSP = ("sandbox allow-scripts; default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "img-src data:; font-src data:")
+
+
+def route_scope(path: str) -> str:
+    """The scope of a path (after the route prefix): :data:`OPEN`, :data:`INFERENCE` or :data:`OPERATOR`."""
+    if path in PROBES:
+        return OPEN
+    if path in _INFERENCE_PATHS:
+        return INFERENCE
+    parts = path.split("/")
+    head = parts[1] if len(parts) > 1 else ""
+    if head == "predict" or (head == "v2" and len(parts) > 2 and parts[2] == "models"):
+        return INFERENCE
+    if head == "models" and len(parts) == 4 and parts[3] == "invocations":
+        return INFERENCE
+    return OPERATOR
+
+
+def _media_type(value: bytes | None) -> str:
+    return value.split(b";", 1)[0].strip().lower().decode("latin-1") if value else ""
+
+
+def _host_name(host: str) -> str:
+    """``example.com:8000`` -> ``example.com``; ``[::1]:8000`` -> ``::1``."""
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -48,20 +87,23 @@ class _Disconnected(Exception):
 
 
 class _Call:
-    """One inference request as the handlers see it: the version it reached, and its request id (the client's
-    ``X-Request-ID``, else an Open Inference Protocol ``id``, else a new one), echoed in ``X-Request-ID``."""
+    """One inference request as the handlers see it: the version it reached, the server's id of the request (sent
+    back in ``X-Loom-Request-ID``, what feedback names) and the client's own id (``X-Request-ID``, else an Open
+    Inference Protocol ``id``), kept beside it."""
 
-    __slots__ = ("target", "request_id")
+    __slots__ = ("target", "request_id", "client_id")
 
     def __init__(self, supplied: bytes | None):
         self.target: LoadedVersion | None = None
-        self.request_id = (supplied.decode("latin-1") if supplied and len(supplied) <= 128 and supplied.isascii()
-                           and supplied.decode("latin-1").isprintable() else "")
+        self.request_id = new_request_id()
+        self.client_id = (supplied.decode("latin-1") if supplied and len(supplied) <= 128 and supplied.isascii()
+                          and supplied.decode("latin-1").isprintable() else "")
 
-    def id(self, protocol_id: str | None = None) -> str:
-        if not self.request_id:
-            self.request_id = str(protocol_id)[:128] if protocol_id else new_request_id()
-        return self.request_id
+    def client(self, protocol_id: str | None = None) -> str:
+        """The client's id of the request (the header's, else ``protocol_id``), at most 128 characters."""
+        if not self.client_id and protocol_id:
+            self.client_id = str(protocol_id)[:128]
+        return self.client_id
 
 
 def _dumps(obj: Any) -> bytes:
@@ -83,8 +125,12 @@ class LoomApp:
         self.checks = checks if checks is not None else DriftChecks.of(server)
         cfg = server.project.config
         self.max_body = cfg.serving.max_body_bytes
+        self.limits = server.limits
         self.default_model = cfg.model.name
-        self._bearer = f"Bearer {server.token}".encode() if server.token else None
+        self.public_paths = frozenset(cfg.serving.public_paths)
+        self.allowed_hosts = tuple(h.lower() for h in cfg.serving.allowed_hosts)
+        self._inference = f"Bearer {server.token}".encode() if server.token else None
+        self._operator = f"Bearer {server.operator_token}".encode() if server.operator_token else None
         self.api = metadata_api(server, self.checks)
         # In a Serve replica, Serve's request-id middleware puts an X-Request-ID on every request (the client's, or
         # a new one) and echoes it on the response; outside Serve this app does both itself.
@@ -99,22 +145,78 @@ class LoomApp:
         if root and path.startswith(root):
             path = path[len(root):] or "/"
         headers = dict(scope["headers"])
-        if self._bearer is not None and not path.startswith(OPEN_PATHS):
-            supplied = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(supplied, self._bearer):
-                await _respond(send, 401, _dumps({"error": "missing or wrong bearer token "
-                                                           "(send 'Authorization: Bearer <token>')"}),
-                               [*_JSON, (b"www-authenticate", b"Bearer")])
-                return
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await _respond(send, 413, _dumps({"error": f"request body larger than {self.max_body} bytes"}), _JSON)
+        method = scope["method"]
+        refused = self._guard(method, path, headers)
+        if refused is not None:
+            status, message, extra = refused
+            await _respond(send, status, _dumps({"error": message}), [*_JSON, *extra])
             return
-        route = self._route(scope["method"], path)
+        route = self._route(method, path)
         if route is None:
+            if method in _WRITES:  # read here, under the body limit, and handed to FastAPI whole
+                try:
+                    body = await self._body(receive)
+                except RequestError as err:
+                    await _respond(send, err.status, _dumps({"error": err.message}), _JSON)
+                    return
+                except _Disconnected:
+                    return
+                receive = _replay(body, receive)
             await self.api(scope, receive, send)
             return
         await self._serve(route, headers, receive, send)
+
+    def _guard(self, method: str, path: str, headers: dict[bytes, bytes]) -> tuple[int, str, list] | None:
+        """The answer to a request refused before routing (host, token, content type, origin, length), or None."""
+        if self.allowed_hosts:
+            host = headers.get(b"host", b"").decode("latin-1")
+            name = _host_name(host).lower()
+            if not any(name == h or h == "*" or (h.startswith("*.") and name.endswith(h[1:]))
+                       for h in self.allowed_hosts):
+                return 400, f"host {host[:80]!r} is not served here (serving.allowed_hosts)", []
+        scope = OPEN if path in self.public_paths else route_scope(path)
+        if scope != OPEN:
+            needed = self._operator if scope == OPERATOR else self._inference
+            if needed is not None:
+                supplied = headers.get(b"authorization", b"")
+                if not (hmac.compare_digest(supplied, self._operator or b"")
+                        or scope == INFERENCE and hmac.compare_digest(supplied, needed)):
+                    if (scope == OPERATOR and self._inference is not None
+                            and hmac.compare_digest(supplied, self._inference)):
+                        return 403, "this route needs the operator token (serving.operator_token_env)", []
+                    return (401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+                            [(b"www-authenticate", b"Bearer")])
+        if method in _WRITES:
+            problem = self._write_problem(path, headers)
+            if problem is not None:
+                return problem
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return 400, "the Content-Length header is not a byte count", []
+            if int(length) > self.max_body:
+                return 413, f"request body larger than {self.max_body} bytes (serving.max_body_bytes)", []
+        return None
+
+    def _write_problem(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str, list] | None:
+        """A request that writes must come from this origin (browsers send Origin on cross-site requests) and say
+        it carries JSON, CSV (MLflow scoring) or binary tensors (Open Inference Protocol)."""
+        origin = headers.get(b"origin")
+        if origin is not None:
+            netloc = origin.decode("latin-1").partition("://")[2].rstrip("/")
+            if netloc.lower() != headers.get(b"host", b"").decode("latin-1").lower():
+                return 403, f"cross-origin request from {origin.decode('latin-1')[:80]!r} refused", []
+        kind = _media_type(headers.get(b"content-type"))
+        if kind == "application/json" or kind.endswith("+json"):
+            return None
+        infer = path.startswith("/v2/models/") and path.endswith("/infer")
+        if infer and (kind in ("", "application/octet-stream")):
+            return None  # tritonclient sends no content type, JSON or binary
+        if kind == "text/csv" and (path == "/invocations" or path.startswith("/models/")):
+            return None
+        accepted = "application/json" + (", text/csv" if "invocations" in path else "") + (
+            " or application/octet-stream (binary tensors)" if infer else "")
+        return 415, f"unsupported content type {kind[:60] or '(none)'!r}: send {accepted}", []
 
     # -- dispatch ----------------------------------------------------------------------------------------------
 
@@ -160,8 +262,10 @@ class LoomApp:
             log.exception("unexpected error while serving a request")
             status, extra = 500, _JSON
             payload = _dumps({"error": f"internal error ({type(err).__name__}); see the server log"})
-        if call.request_id and self._echo_request_id:
-            extra = [*extra, (b"x-request-id", call.request_id.encode("latin-1"))]
+        if protocol != "health":
+            extra = [*extra, (b"x-loom-request-id", call.request_id.encode())]
+            if self._echo_request_id:
+                extra.append((b"x-request-id", (call.client_id or call.request_id).encode("latin-1")))
         await _respond(send, status, payload, extra)
         if protocol != "health":
             lv = call.target
@@ -198,18 +302,18 @@ class LoomApp:
         lv = self.server.resolve(name, version)
         call.target = lv
         header_length = headers.get(b"inference-header-content-length")
-        req = oip.decode_infer(body, header_length.decode() if header_length is not None else None, lv.schema,
-                               oip.REGRESSION_OUTPUTS if lv.regression else oip.OUTPUTS)
-        pred = await lv.predict(req.columns, call.id(req.id))
+        req = oip.decode_infer(body, header_length.decode("latin-1") if header_length is not None else None,
+                               lv.schema, oip.REGRESSION_OUTPUTS if lv.regression else oip.OUTPUTS, self.limits)
+        pred = await lv.predict(req.columns, call.request_id, call.client(req.id))
         out, content = oip.encode_infer(lv.name, lv.version, pred.labels, lv.label_type, pred.proba, req)
         return 200, out, [(k.encode(), v.encode()) for k, v in content.items()]
 
     async def _predict(self, body: bytes, headers: dict[bytes, bytes], call: _Call, name: str):
         lv = self.server.resolve(name)
         call.target = lv
-        req = decode_predict(body, lv.schema, self.server.join_keys)
+        req = decode_predict(body, lv.schema, self.server.join_keys, self.limits)
         cols = req.columns if req.columns is not None else await self.server.entity_columns(lv, req.entities or {})
-        pred = await lv.predict(cols, call.id())
+        pred = await lv.predict(cols, call.request_id, call.client_id)
         if pred.proba is None:  # regression: values
             return 200, _dumps({"model": lv.name, "version": lv.version, "predictions": pred.labels}), _JSON
         return 200, _dumps({"model": lv.name, "version": lv.version, "predictions": pred.labels,
@@ -219,9 +323,23 @@ class LoomApp:
         lv = self.server.resolve(name)
         call.target = lv
         content_type = headers.get(b"content-type")
-        cols = decode_mlflow(body, content_type.decode("latin-1") if content_type else None, lv.schema)
-        pred = await lv.predict(cols, call.id())
+        cols = decode_mlflow(body, content_type.decode("latin-1") if content_type else None, lv.schema, self.limits)
+        pred = await lv.predict(cols, call.request_id, call.client_id)
         return 200, _dumps({"predictions": pred.labels}), _JSON
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands over an already read body, then waits on the connection as before."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 class ErrorBody(BaseModel):
@@ -369,7 +487,9 @@ def _monitoring_routes(api: FastAPI, checks: DriftChecks) -> None:
              responses={200: {"content": {"text/html": {}}, "description": "Evidently's HTML report"}},
              summary="The drift monitor's HTML report of captured traffic against the training reference")
     async def drift_report(name: str, version: str | None = None) -> Response:
-        return HTMLResponse(await run_in_threadpool(checks.html, name, version))
+        # The report shows served values: it runs sandboxed (no cookies, storage, same-origin or network access).
+        return HTMLResponse(await run_in_threadpool(checks.html, name, version),
+                            headers={"Content-Security-Policy": HTML_CSP, "X-Content-Type-Options": "nosniff"})
 
     @api.get("/monitoring/{name}/history", tags=["operations"],
              summary="Summaries of past drift checks of this replica, oldest first")
@@ -379,8 +499,6 @@ def _monitoring_routes(api: FastAPI, checks: DriftChecks) -> None:
     @api.post("/feedback/{name}", tags=["operations"],
               summary='Ground-truth labels for served request ids: {"labels": [{"id": ..., "label": ...}]}')
     async def feedback(name: str, request: Request) -> dict[str, Any]:
-        try:
-            payload = json.loads(await request.body())
-        except ValueError:
-            raise RequestError(400, "the body is not valid JSON") from None
+        payload = parse_json(await request.body(), checks.server.limits,
+                             'send {"labels": [{"id": "<X-Loom-Request-ID>", "label": ...}]}')
         return checks.feedback(name, payload)

@@ -38,7 +38,13 @@ class MicroBatcher:
         self._running = False
 
     async def __call__(self, x: Inputs) -> np.ndarray:
-        """Run ``forward`` on ``x`` (possibly together with other callers' rows); return this caller's output rows."""
+        """Run ``forward`` on ``x`` (possibly together with other callers' rows); return this caller's output rows.
+        A request of more than ``max_rows`` rows is split into forward passes of at most ``max_rows``."""
+        n = len(x[0])
+        if n > self.max_rows:
+            step = self.max_rows
+            parts = await asyncio.gather(*(self(tuple(a[i:i + step] for a in x)) for i in range(0, n, step)))
+            return np.concatenate(parts)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[np.ndarray] = loop.create_future()
         self._pending.append((x, fut))

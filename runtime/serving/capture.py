@@ -31,7 +31,9 @@ from .protocol import Columns
 log = logging.getLogger("loom.serving")
 
 #: Columns the store and the window add next to a model's inputs.
-META = ("request_id", "row", "ts", "version", "latency_ms", "prediction")
+#: ``request_id`` is the server's own id of the request (``X-Loom-Request-ID``, what feedback names);
+#: ``client_request_id`` the client's (``X-Request-ID`` or an Open Inference Protocol ``id``), null when none.
+META = ("request_id", "client_request_id", "row", "ts", "version", "latency_ms", "prediction")
 
 
 def new_request_id() -> str:
@@ -66,8 +68,8 @@ class Layout(NamedTuple):
         return cls(columns, from_matrix, tuple(c for c in inputs if c not in taken), tuple(numeric), tensors)
 
 
-#: One sampled request, a flat tuple: ``(model, version, request_id, ts, latency_s, rows, matrix, predicted,
-#: *values)``. ``matrix`` is the encoder's numeric matrix (or None) and ``values`` are the :attr:`Layout.others`
+#: One sampled request, a flat tuple: ``(model, version, request_id, client_id, ts, latency_s, rows, matrix,
+#: predicted, *values)``. ``matrix`` is the encoder's numeric matrix (or None) and ``values`` are the :attr:`Layout.others`
 #: inputs; for a one-row request (the common case) ``predicted`` and each value are bare, else tuples (or the
 #: decoded numpy arrays). Flat and *plain* on purpose: CPython stops tracking a plain tuple of strings, numbers and
 #: arrays the first time the collector sees it, so the thousands of samples the window and the store's buffer keep
@@ -75,7 +77,7 @@ class Layout(NamedTuple):
 #: tuples only at a later collection; measured: with the request's columns kept as they were, every collection
 #: walked them all and capture cost 15% of the throughput of 30-input requests.
 Sample = tuple
-_MODEL, _VERSION, _REQUEST_ID, _TS, _LATENCY_S, _ROWS, _MATRIX, _PREDICTED, _VALUES = range(9)
+_MODEL, _VERSION, _REQUEST_ID, _CLIENT_ID, _TS, _LATENCY_S, _ROWS, _MATRIX, _PREDICTED, _VALUES = range(10)
 
 
 def _columns(samples: list[Sample], layout: Layout) -> dict[str, Any]:
@@ -98,6 +100,7 @@ def _columns(samples: list[Sample], layout: Layout) -> dict[str, Any]:
 
     out: dict[str, Any] = {
         "request_id": list(repeated(fields[_REQUEST_ID])),
+        "client_request_id": [c or None for c in repeated(fields[_CLIENT_ID])],
         "row": [0] * len(samples) if one_row else [i for n in counts for i in range(n)],
         "ts": repeated(fields[_TS]),
         "version": list(repeated(fields[_VERSION])),
@@ -144,7 +147,9 @@ def _table(samples: list[Sample], layout: Layout) -> pa.Table:
     through pandas)."""
     cols = _columns(samples, layout)
     ts = np.asarray(cols.pop("ts"), dtype=np.float64)
-    arrays = {"request_id": pa.array(cols.pop("request_id"), pa.string()), "row": pa.array(cols.pop("row"), pa.int64()),
+    arrays = {"request_id": pa.array(cols.pop("request_id"), pa.string()),
+              "client_request_id": pa.array(cols.pop("client_request_id"), pa.string()),
+              "row": pa.array(cols.pop("row"), pa.int64()),
               "ts": pa.array(np.round(ts * 1e6).astype(np.int64) * 1000, pa.timestamp("ns", tz="UTC"))}  # to the us
     for name, values in cols.items():
         try:
@@ -158,7 +163,7 @@ class CaptureStore:
     """Writes sampled requests and feedback labels as Parquet files under ``root``:
     ``model=<m>/version=<v>/date=<YYYY-MM-DD>/part-*.parquet`` and ``feedback/model=<m>/date=<d>/part-*.parquet``.
 
-    :meth:`offer` never blocks: above ``max_pending`` buffered requests it drops the sample and counts it. A daemon
+    :meth:`offer` never blocks: above ``max_pending`` buffered rows it drops the sample and counts it. A daemon
     thread flushes every ``flush_s`` seconds; a failed write is logged and counted as dropped, never raised.
     """
 
@@ -171,6 +176,10 @@ class CaptureStore:
         self.dropped = 0
         self.written = 0
         self._pending: deque[Sample] = deque()
+        # Rows offered (written by the request path only) and flushed (by the flush thread only): one writer each,
+        # so no lock; their difference is what ``max_pending`` bounds.
+        self._offered_rows = 0
+        self._flushed_rows = 0
         self._feedback: deque[tuple[str, pd.DataFrame]] = deque()
         self._on_drop = on_drop or (lambda n: None)
         self._on_write = on_write or (lambda n: None)
@@ -182,12 +191,19 @@ class CaptureStore:
         self._thread.start()
 
     def offer(self, sample: Sample) -> bool:
-        if len(self._pending) >= self.max_pending:
+        rows = sample[_ROWS]
+        if self._offered_rows - self._flushed_rows + rows > self.max_pending:
             self.dropped += 1
             self._on_drop(1)
             return False
+        self._offered_rows += rows
         self._pending.append(sample)
         return True
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows buffered for the next flush."""
+        return self._offered_rows - self._flushed_rows
 
     def add_feedback(self, model: str, labels: pd.DataFrame) -> None:
         self._feedback.append((model, labels))
@@ -196,6 +212,7 @@ class CaptureStore:
     def flush(self) -> None:
         """Write what is buffered now (the background thread calls this; tests and shutdown may too)."""
         samples = [self._pending.popleft() for _ in range(len(self._pending))]
+        self._flushed_rows += sum(s[_ROWS] for s in samples)
         groups: dict[tuple[str, int], list[Sample]] = {}
         for s in samples:
             groups.setdefault((s[_MODEL], s[_VERSION]), []).append(s)
@@ -226,7 +243,7 @@ class CaptureStore:
         if isinstance(data, pa.Table):
             # Dictionary-encode the repeating text columns (categories, labels) only: on unique values (request ids,
             # numbers) Parquet builds a dictionary and then gives it up, which measured as half the write's time.
-            repeating = [f.name for f in data.schema if f.name != "request_id"
+            repeating = [f.name for f in data.schema if f.name not in ("request_id", "client_request_id")
                          and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
             pq.write_table(data, tmp, use_dictionary=repeating)
         else:
@@ -278,7 +295,8 @@ class Capture:
         self.layout: Layout | None = None
         if schema is not None:
             self._set_layout(Layout.of(schema, tuple(numeric), {c: s["type"] for c, s in schema.items()}))
-        self._chunks: deque[Sample] = deque(maxlen=window)
+        self._chunks: deque[Sample] = deque()
+        self._window_rows = 0
         self._rng = random.Random(seed)
         self.captured = 0
 
@@ -289,7 +307,7 @@ class Capture:
         return layout
 
     def add(self, cols: Columns, predicted: list[Any], *, matrix: np.ndarray | None = None, request_id: str = "",
-            latency_s: float = 0.0) -> None:
+            client_id: str = "", latency_s: float = 0.0) -> None:
         """Sample one served request: its validated ``cols``, the ``predicted`` labels and, when the layout reads
         inputs from it, the encoder's numeric ``matrix`` of the same request."""
         if self.sample_rate <= 0 or (self.sample_rate < 1 and self._rng.random() >= self.sample_rate):
@@ -299,12 +317,16 @@ class Capture:
             matrix = numeric_matrix(cols, layout.numeric)
         rows, rid, kept = len(predicted), request_id or new_request_id(), matrix if layout.from_matrix else None
         if rows == 1:
-            sample = (self.model, self.version, rid, time.time(), latency_s, 1, kept, predicted[0],
+            sample = (self.model, self.version, rid, client_id, time.time(), latency_s, 1, kept, predicted[0],
                       *[v if type(v) is np.ndarray else v[0] for v in map(cols.__getitem__, layout.others)])
         else:
-            sample = (self.model, self.version, rid, time.time(), latency_s, rows, kept, tuple(predicted),
+            sample = (self.model, self.version, rid, client_id, time.time(), latency_s, rows, kept, tuple(predicted),
                       *[v if type(v) is np.ndarray else tuple(v) for v in map(cols.__getitem__, layout.others)])
-        self._chunks.append(sample)  # atomic; the deque's maxlen bounds it (requests >= rows, trimmed in frame)
+        chunks = self._chunks
+        chunks.append(sample)  # appends and poplefts are atomic: a drift check's thread may be copying the deque
+        self._window_rows += rows
+        while self._window_rows - chunks[0][_ROWS] >= self.window:  # sized in rows; the newest sample always stays
+            self._window_rows -= chunks.popleft()[_ROWS]
         self.captured += rows
         if self.store is not None:
             self.store.offer(sample)

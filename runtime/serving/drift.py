@@ -34,6 +34,8 @@ log = logging.getLogger("loom.serving")
 
 #: Feedback labels kept in memory per model, for performance on the live window.
 FEEDBACK_KEPT = 100_000
+#: The longest request id feedback may name (the server's own ids are 32 characters).
+MAX_ID_LENGTH = 128
 #: Each server's drift checks (see :meth:`DriftChecks.of`).
 _CHECKS: weakref.WeakKeyDictionary[ModelServer, DriftChecks] = weakref.WeakKeyDictionary()
 
@@ -122,18 +124,25 @@ class DriftChecks:
         lv = self.server.resolve(model, str(self.server.routes(model).primary))
         items = payload.get("labels") if isinstance(payload, dict) else None
         if not isinstance(items, list) or not items:
-            raise RequestError(400, 'send {"labels": [{"id": "<request id>", "label": <class>}, ...]}')
+            raise RequestError(400, 'send {"labels": [{"id": "<X-Loom-Request-ID>", "label": <class>}, ...]}')
+        limits = self.server.limits
+        limits.check_rows(len(items))
         rows: list[tuple[str, int, Any]] = []
         for i, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"] or "label" not in item:
                 raise RequestError(400, f"labels[{i}]: needs a non-empty string 'id' and a 'label'")
+            if len(item["id"]) > MAX_ID_LENGTH:
+                raise RequestError(400, f"labels[{i}]: the id is {len(item['id'])} characters long; request ids "
+                                        f"have at most {MAX_ID_LENGTH}")
             values = item["label"] if isinstance(item["label"], list) else [item["label"]]
+            if len(rows) + len(values) > limits.rows:
+                limits.check_rows(len(rows) + len(values))
             for row, value in enumerate(values):
                 try:
                     rows.append((item["id"], row, lv.task.check_label(value)))
                 except ValueError as err:
                     what = "a label" if lv.regression else "a class"
-                    raise RequestError(422, f"labels[{i}]: {err}; not {what} of model {model!r}") from None
+                    raise RequestError(422, f"labels[{i}]: {str(err)[:200]}; not {what} of model {model!r}") from None
         kept = self._feedback.setdefault(model, OrderedDict())
         with self._lock:
             for rid, row, value in rows:

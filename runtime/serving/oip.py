@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..model import OIP_DATATYPES
-from .protocol import Columns, RequestError, Schema, check_columns, tensor_array
+from .protocol import LIMITS, Columns, Limits, RequestError, Schema, check_columns, parse_json, tensor_array
 
 HEADER_LENGTH = "inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data"]
@@ -86,7 +86,7 @@ def _count(shape: Any, name: str) -> int:
             return n
     if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
         raise RequestError(400, f"input {name!r}: 'shape' must be a list of non-negative integers")
-    raise RequestError(400, f"input {name!r}: shape {shape} not supported; use [N] or [N, 1]")
+    raise RequestError(400, f"input {name!r}: shape {repr(shape)[:60]} not supported; use [N] or [N, 1]")
 
 
 def _tensor_rows(shape: Any, name: str, spec: Mapping[str, Any]) -> int:
@@ -95,7 +95,7 @@ def _tensor_rows(shape: Any, name: str, spec: Mapping[str, Any]) -> int:
     if (type(shape) is list and len(shape) == len(per_row) + 1 and all(type(d) is int for d in shape)
             and shape[0] >= 0 and shape[1:] == per_row):
         return shape[0]
-    raise RequestError(400, f"input {name!r}: shape {shape!r} does not match {shape_text(per_row)}")
+    raise RequestError(400, f"input {name!r}: shape {repr(shape)[:60]} does not match {shape_text(per_row)}")
 
 
 def shape_text(per_row: Sequence[int]) -> str:
@@ -141,28 +141,19 @@ def _decode_fixed(raw: memoryview, name: str, dtype: str, count: int) -> np.ndar
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.isdigit() or int(header_length) > len(body):
-        raise RequestError(400, f"Inference-Header-Content-Length {header_length!r} must be a byte count within "
+    if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
+        raise RequestError(400, f"Inference-Header-Content-Length {header_length[:40]!r} must be a byte count within "
                                 f"the body ({len(body)} bytes)")
     n = int(header_length)
     return body[:n], memoryview(body)[n:]
 
 
-def _parse_json(raw: bytes) -> Any:
-    if not raw:
-        raise RequestError(400, "empty request body: send a JSON object with 'inputs'")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise RequestError(400, f"malformed JSON: {err}") from None
-
-
 def decode_infer(body: bytes, header_length: str | None, schema: Schema,
-                 available: tuple[str, ...] = OUTPUTS) -> InferRequest:
+                 available: tuple[str, ...] = OUTPUTS, limits: Limits = LIMITS) -> InferRequest:
     """Decode an infer request body (JSON, or JSON header + binary tensors) against the model's input schema;
     ``available`` are the model's output names."""
     head, binary = _split_body(body, header_length)
-    req = _parse_json(head)
+    req = parse_json(head, limits, "send a JSON object with 'inputs'")
     if not isinstance(req, dict):
         raise RequestError(400, "request body must be a JSON object with 'inputs'")
     inputs = req.get("inputs")
@@ -178,7 +169,7 @@ def decode_infer(body: bytes, header_length: str | None, schema: Schema,
         if spec is None:
             if type(name) is not str:
                 raise RequestError(400, "an input is missing its 'name'")
-            raise RequestError(400, f"unknown input {name!r} (expected: {', '.join(schema)})")
+            raise RequestError(400, f"unknown input {name[:40]!r} (expected: {', '.join(schema)})")
         if name in cols:
             raise RequestError(400, f"input {name!r} given twice")
         dtype = t.get("datatype")
@@ -188,7 +179,7 @@ def decode_infer(body: bytes, header_length: str | None, schema: Schema,
             rows = _tensor_rows(t.get("shape"), name, spec)
             count = rows * int(np.prod(spec["shape"]))
             if type(dtype) is not str or dtype not in datatypes(spec):
-                raise RequestError(400, f"input {name!r}: datatype {dtype!r} not accepted; use {spec['dtype']}")
+                raise RequestError(400, f"input {name!r}: datatype {repr(dtype)[:40]} not accepted; use {spec['dtype']}")
         else:
             count = _count(t.get("shape"), name)
             try:
@@ -196,7 +187,7 @@ def decode_infer(body: bytes, header_length: str | None, schema: Schema,
             except TypeError:  # an unhashable datatype (a list, an object)
                 ok = False
             if not ok:
-                raise RequestError(400, f"input {name!r}: datatype {dtype!r} not accepted; "
+                raise RequestError(400, f"input {name!r}: datatype {repr(dtype)[:40]} not accepted; "
                                         f"use {OIP_DATATYPES[spec['type']]}")
         params = t.get("parameters")
         size = None
@@ -206,7 +197,7 @@ def decode_infer(body: bytes, header_length: str | None, schema: Schema,
             size = params.get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
-                raise RequestError(400, f"input {name!r}: binary_data_size {size!r} does not fit the "
+                raise RequestError(400, f"input {name!r}: binary_data_size {repr(size)[:40]} does not fit the "
                                         f"{len(binary) - offset} binary bytes left")
             raw = binary[offset:offset + size]
             offset += size
@@ -239,7 +230,7 @@ def decode_infer(body: bytes, header_length: str | None, schema: Schema,
         raise RequestError(400, "'parameters' must be an object")
     all_binary = params.get("binary_data_output") is True
     outputs, binary_out = _requested_outputs(req.get("outputs"), all_binary, available)
-    return InferRequest(check_columns(cols, schema), rid, outputs, binary_out)
+    return InferRequest(check_columns(cols, schema, limits), rid, outputs, binary_out)
 
 
 def _requested_outputs(outputs: Any, all_binary: bool,
@@ -252,7 +243,7 @@ def _requested_outputs(outputs: Any, all_binary: bool,
     names, binary = [], set()
     for o in outputs:
         if o["name"] not in available:
-            raise RequestError(400, f"unknown output {o['name']!r} (available: {', '.join(available)})")
+            raise RequestError(400, f"unknown output {o['name'][:40]!r} (available: {', '.join(available)})")
         names.append(o["name"])
         params = o.get("parameters") or {}
         if not isinstance(params, dict):

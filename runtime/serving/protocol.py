@@ -11,7 +11,10 @@ tabular checks.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -49,6 +52,55 @@ class RequestError(Exception):
         self.headers = dict(headers or {})
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry (``serving.max_rows``, ``max_string_length``, ``max_json_depth``)."""
+
+    rows: int = 10_000
+    string_length: int = 4096
+    json_depth: int = 32
+
+    @classmethod
+    def of(cls, serving: Any) -> Limits:
+        return cls(serving.max_rows, serving.max_string_length, serving.max_json_depth)
+
+    def check_rows(self, n: int) -> None:
+        if n > self.rows:
+            raise RequestError(413, f"the request has {n} rows; at most {self.rows} are accepted per request "
+                                    "(serving.max_rows): split it")
+
+
+#: The defaults, for callers without a project (tests, tools).
+LIMITS = Limits()
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply the arrays and objects of a JSON document nest (strings skipped), vectorised."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    return int(np.cumsum(np.where((codes == 0x5B) | (codes == 0x7B), 1, -1)).max())
+
+
+def parse_json(raw: bytes, limits: Limits = LIMITS, what: str = "send JSON") -> Any:
+    """A JSON request body, or a 400 naming the problem: empty, too deeply nested, malformed, not UTF-8."""
+    if not raw:
+        raise RequestError(400, f"empty request body: {what}")
+    if raw.count(b"[") + raw.count(b"{") > limits.json_depth and (depth := json_depth(raw)) > limits.json_depth:
+        raise RequestError(400, f"JSON nested {depth} levels deep; at most {limits.json_depth} are accepted "
+                                "(serving.max_json_depth)")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise RequestError(400, "JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RequestError(400, f"malformed JSON: {err}") from None
+
+
 def _null(col: str, spec: Mapping[str, Any], i: int) -> None:
     if not spec.get("nullable", True):
         raise RequestError(400, f"input {col!r}: null at row {i}, but the column is not nullable")
@@ -61,7 +113,7 @@ def _check_numbers(col: str, spec: Mapping[str, Any], values: list[Any]) -> list
         if t is int:
             if -_I64 <= v < _I64:
                 continue
-            raise RequestError(400, f"input {col!r}: integer {v} at row {i} is out of the int64 range")
+            raise RequestError(400, f"input {col!r}: integer {_short(v)} at row {i} is out of the int64 range")
         if t is float:
             if v - v != 0.0:  # NaN or infinite
                 raise RequestError(400, f"input {col!r}: non-finite value {v!r} at row {i}")
@@ -72,7 +124,7 @@ def _check_numbers(col: str, spec: Mapping[str, Any], values: list[Any]) -> list
             _null(col, spec, i)
             continue
         raise RequestError(400, f"input {col!r}: expected {'an integer' if is_int else 'a number'} at row {i}, "
-                                f"got {v!r}")
+                                f"got {_short(v)}")
     return values
 
 
@@ -82,11 +134,11 @@ def _check_bools(col: str, spec: Mapping[str, Any], values: list[Any]) -> list[A
             if v is None:
                 _null(col, spec, i)
             else:
-                raise RequestError(400, f"input {col!r}: expected true/false at row {i}, got {v!r}")
+                raise RequestError(400, f"input {col!r}: expected true/false at row {i}, got {_short(v)}")
     return values
 
 
-def _check_strings(col: str, spec: Mapping[str, Any], values: list[Any]) -> list[Any]:
+def _check_strings(col: str, spec: Mapping[str, Any], values: list[Any], max_length: int) -> list[Any]:
     allowed = spec.get("categories")
     allowed_set = frozenset(allowed) if allowed else None
     for i, v in enumerate(values):
@@ -94,11 +146,20 @@ def _check_strings(col: str, spec: Mapping[str, Any], values: list[Any]) -> list
             if v is None:
                 _null(col, spec, i)
                 continue
-            raise RequestError(400, f"input {col!r}: expected a string at row {i}, got {v!r}")
+            raise RequestError(400, f"input {col!r}: expected a string at row {i}, got {_short(v)}")
+        if len(v) > max_length:
+            raise RequestError(400, f"input {col!r}: a string of {len(v)} characters at row {i}; at most "
+                                    f"{max_length} are accepted (serving.max_string_length)")
         if allowed_set is not None and v not in allowed_set:
-            raise RequestError(400, f"input {col!r}: unknown category {v!r} at row {i} "
+            raise RequestError(400, f"input {col!r}: unknown category {_short(v)} at row {i} "
                                     f"(allowed: {', '.join(allowed)})")
     return values
+
+
+def _short(v: Any, limit: int = 80) -> str:
+    """A value as written in an error message, cut to ``limit`` characters."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_array(col: str, spec: Mapping[str, Any], arr: np.ndarray) -> np.ndarray:
@@ -141,7 +202,7 @@ def _bad_element(col: str, dtype: str, values: Any, per_row: int) -> RequestErro
         if t is int and dtype != "BOOL" and not -_I64 <= v < 2 * _I64:
             return RequestError(400, f"input {col!r}: integer {v} at row {i // per_row} is out of the 64-bit range")
         if (t is not bool) if dtype == "BOOL" else (t is not int and t is not float):
-            return RequestError(400, f"input {col!r}: expected {what} at row {i // per_row}, got {v!r}")
+            return RequestError(400, f"input {col!r}: expected {what} at row {i // per_row}, got {_short(v)}")
     return RequestError(400, f"input {col!r}: expected {what} values")
 
 
@@ -233,7 +294,7 @@ def check_tensor(col: str, spec: Mapping[str, Any], values: Any) -> np.ndarray:
     return values
 
 
-def check_column(col: str, spec: Mapping[str, Any], values: Sequence[Any]) -> Sequence[Any]:
+def check_column(col: str, spec: Mapping[str, Any], values: Sequence[Any], limits: Limits = LIMITS) -> Sequence[Any]:
     """Check one column's values against its declared spec (see :data:`Columns`)."""
     t = spec["type"]
     if t == "tensor":
@@ -245,33 +306,39 @@ def check_column(col: str, spec: Mapping[str, Any], values: Sequence[Any]) -> Se
         return _check_numbers(col, spec, values)
     if t == "bool":
         return _check_bools(col, spec, values)
-    return _check_strings(col, spec, values)
+    return _check_strings(col, spec, values, limits.string_length)
 
 
-def check_columns(cols: Mapping[str, Sequence[Any]], schema: Schema) -> Columns:
+def check_columns(cols: Mapping[str, Sequence[Any]], schema: Schema, limits: Limits = LIMITS) -> Columns:
     """Validate decoded columns against the model's input schema: every input present, nothing unknown, equal
-    lengths (rows: a tensor input's first dimension), at least one row, and each value of its column's type."""
+    lengths (rows: a tensor input's first dimension), at least one row and at most ``limits.rows``, and each value
+    of its column's type."""
     missing = [c for c in schema if c not in cols]
     if missing:
         raise RequestError(400, f"missing input(s): {', '.join(missing)}")
     if len(cols) != len(schema):
-        unknown = [c for c in cols if c not in schema]
-        raise RequestError(400, f"unknown input(s): {', '.join(map(str, unknown))} (expected: {', '.join(schema)})")
+        unknown = [str(c)[:40] for c in cols if c not in schema]
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise RequestError(400, f"unknown input(s): {', '.join(unknown[:10])}{more} (expected: {', '.join(schema)})")
     lengths = {len(v) for v in cols.values()}
     if len(lengths) != 1:
         raise RequestError(400, "inputs have different lengths: "
                                 + ", ".join(f"{c}={len(v)}" for c, v in cols.items()))
-    if lengths.pop() == 0:
+    rows = lengths.pop()
+    if rows == 0:
         raise RequestError(400, "empty input: send at least one row")
-    return {c: check_column(c, spec, cols[c]) for c, spec in schema.items()}
+    limits.check_rows(rows)
+    return {c: check_column(c, spec, cols[c], limits) for c, spec in schema.items()}
 
 
-def rows_to_columns(records: Any, schema: Schema, what: str = "record") -> dict[str, list[Any]]:
+def rows_to_columns(records: Any, schema: Schema, what: str = "record",
+                    limits: Limits = LIMITS) -> dict[str, list[Any]]:
     """``[{col: value}, ...]`` -> ``{col: [values]}``, naming the first record with a missing or unknown column."""
     if not isinstance(records, list):
         raise RequestError(400, f"expected a list of {what}s (objects)")
     if not records:
         raise RequestError(400, f"empty input: send at least one {what}")
+    limits.check_rows(len(records))
     names = list(schema)
     cols: dict[str, list[Any]] = {c: [] for c in names}
     appends = [(c, cols[c].append) for c in names]
@@ -279,9 +346,10 @@ def rows_to_columns(records: Any, schema: Schema, what: str = "record") -> dict[
         if not isinstance(rec, dict):
             raise RequestError(400, f"{what} {i} is not an object")
         if len(rec) != len(names):
-            extra = sorted(map(str, set(rec) - set(names)))
+            extra = sorted(str(c)[:40] for c in set(rec) - set(names))
             if extra:
-                raise RequestError(400, f"{what} {i}: unknown column(s) {', '.join(extra)}")
+                raise RequestError(400, f"{what} {i}: unknown column(s) {', '.join(extra[:10])}"
+                                        + (f" and {len(extra) - 10} more" if len(extra) > 10 else ""))
         for c, append in appends:
             try:
                 append(rec[c])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import time
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ import pandas as pd
 import torch
 
 from ..config import Project, load_project
-from ..errors import LoomError
+from ..errors import ConfigError, LoomError
 from ..model import TENSOR_NUMPY, ModelBundle, read_reference
 from ..monitoring import TENSOR_STATS
 from ..plugins import Plugins, get_plugins
@@ -27,7 +28,7 @@ from .capture import Capture, CaptureStore
 from .encoding import FeatureEncoder
 from .metrics import ServingMetrics
 from .oip import label_datatype
-from .protocol import Columns, RequestError, Schema, check_columns
+from .protocol import Columns, Limits, RequestError, Schema, check_columns
 from .routing import ModelRoutes, RoutingTable
 
 log = logging.getLogger("loom.serving")
@@ -54,6 +55,25 @@ def capture_schema(inputs: Schema) -> dict[str, Mapping[str, Any]]:
         else:
             out[name] = spec
     return out
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a server reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(project: Project, token: str | None, operator_token: str | None = None) -> None:
+    """Refuse to serve on a non-loopback interface without a token: every route would be open to the network."""
+    host = project.config.serving.host
+    if not is_loopback(host) and not (token and (operator_token or token)):
+        raise ConfigError(f"serving.host is {host!r}, reachable from other machines, but no token is configured: "
+                          "set serving.auth_token_env (and serving.operator_token_env) to the name of an environment "
+                          "variable holding a secret token, or bind 127.0.0.1 (docs/security.md)")
 
 
 class LoadedVersion:
@@ -89,7 +109,7 @@ class LoadedVersion:
         x = (np.zeros((1, self.encode.width), dtype=np.float32),) if self.tabular else ()
         self.forward(x + tuple(np.zeros((1, *shape), dtype=dtype) for shape, dtype in self.tensors.values()))
 
-    async def predict(self, cols: Columns, request_id: str = "") -> Prediction:
+    async def predict(self, cols: Columns, request_id: str = "", client_id: str = "") -> Prediction:
         assert self.batcher is not None
         started = time.perf_counter()
         numeric = self.encode.numeric_matrix(cols) if self.tabular else None
@@ -103,7 +123,8 @@ class LoadedVersion:
             row = int(np.flatnonzero(~finite)[0])
             raise RequestError(400, f"row {row}: the model's output is not finite; numeric inputs are too large")
         labels = self.task.predictions(out)
-        self.capture.add(cols, labels, matrix=numeric, request_id=request_id, latency_s=time.perf_counter() - started)
+        self.capture.add(cols, labels, matrix=numeric, request_id=request_id, client_id=client_id,
+                         latency_s=time.perf_counter() - started)
         return Prediction(labels, None if self.regression else out)
 
 
@@ -118,12 +139,19 @@ class _State:
 class ModelServer:
     """Everything a serving replica holds. Build it with :meth:`from_project`, then :meth:`apply` a table."""
 
-    def __init__(self, project: Project, plugins: Plugins, *, token: str | None = None, replica: str = ""):
+    def __init__(self, project: Project, plugins: Plugins, *, token: str | None = None,
+                 operator_token: str | None = None, replica: str = ""):
         self.project = project
         self.plugins = plugins
         cfg = project.config
         self.registry = plugins.registry(cfg.registry.kind, state_dir=project.state_dir, options=cfg.registry.options)
+        #: The inference token, and the operator token (feedback, monitoring, metrics, admin); with no operator token
+        #: of its own, the inference token is the operator's too.
         self.token = token
+        self.operator_token = operator_token or token
+        check_exposure(project, self.token, self.operator_token)
+        #: What one request may carry.
+        self.limits = Limits.of(cfg.serving)
         self.metrics = ServingMetrics(replica)
         self._state = _State(RoutingTable(), {})
         self._store: Any = None
@@ -137,9 +165,11 @@ class ModelServer:
                                       on_write=self.metrics.capture_stored.inc)
 
     @classmethod
-    def from_project(cls, root: str, *, token: str | None = None, replica: str = "") -> ModelServer:
+    def from_project(cls, root: str, *, token: str | None = None, operator_token: str | None = None,
+                     replica: str = "") -> ModelServer:
         project = load_project(root)
-        return cls(project, get_plugins(modules=project.config.plugins), token=token, replica=replica)
+        return cls(project, get_plugins(modules=project.config.plugins), token=token, operator_token=operator_token,
+                   replica=replica)
 
     # -- the routing table -------------------------------------------------------------------------------------
 
@@ -154,7 +184,9 @@ class ModelServer:
     def load(self, name: str, version: int) -> LoadedVersion:
         """Read a version from the registry and build it (safetensors weights, an imported architecture)."""
         mv = self.registry.get_version(name, version)
-        bundle = ModelBundle.from_registry(self.registry, name, mv.version)
+        serving = self.project.config.serving  # what may be served: checked before anything is imported or built
+        bundle = ModelBundle.from_registry(self.registry, name, mv.version, max_parameters=serving.max_parameters,
+                                           allowed=serving.architectures(self.project.config.model))
         reference = read_reference(self.registry, mv)
         mon = self.project.config.monitoring
         capture = Capture(name, mv.version, mon.window, mon.sample_rate, store=self.store,
@@ -219,18 +251,18 @@ class ModelServer:
         routes = state.table.models.get(model)
         if routes is None:
             served = ", ".join(state.table.models) or "none"
-            raise RequestError(404, f"model {model!r} is not served (served: {served})")
+            raise RequestError(404, f"model {model[:60]!r} is not served (served: {served})")
         if alias:
             if version is not None:
                 raise RequestError(400, f"name an alias ({name!r}) or a version, not both")
             v = routes.aliases.get(alias)
             if v is None:
-                raise RequestError(404, f"model {model!r} has no alias {alias!r} on a live version "
+                raise RequestError(404, f"model {model[:60]!r} has no alias {alias[:60]!r} on a live version "
                                         f"(aliases: {', '.join(routes.aliases) or 'none'})")
         elif version is not None:
-            v = int(version) if version.isdigit() else -1
+            v = int(version) if version.isascii() and version.isdigit() else -1
             if v not in routes.live:
-                raise RequestError(404, f"model {model!r} version {version!r} is not served "
+                raise RequestError(404, f"model {model!r} version {version[:20]!r} is not served "
                                         f"(live versions: {', '.join(map(str, routes.live))})")
         else:
             v = routes.pick()
@@ -239,7 +271,7 @@ class ModelServer:
     def routes(self, name: str) -> ModelRoutes:
         routes = self._state.table.models.get(name)
         if routes is None:
-            raise RequestError(404, f"model {name!r} is not served (served: {', '.join(self.table.models) or 'none'})")
+            raise RequestError(404, f"model {name[:60]!r} is not served (served: {', '.join(self.table.models) or 'none'})")
         return routes
 
     # -- inputs from the online feature store ------------------------------------------------------------------
@@ -281,4 +313,4 @@ class ModelServer:
             if pd.api.types.is_datetime64_any_dtype(s):
                 s = s.dt.strftime("%Y-%m-%dT%H:%M:%S")
             cols[c] = s.astype(object).where(s.notna(), None).tolist()
-        return check_columns(cols, lv.schema)
+        return check_columns(cols, lv.schema, self.limits)
