@@ -28,6 +28,8 @@ from .registry import (
     check_artifact_name,
     parse_ref,
 )
+from .secrets import redact, redact_data
+from .storage_checks import check_local_filesystem
 from .tracking import (
     Comparison,
     MetricPoint,
@@ -99,6 +101,7 @@ __all__ = [
     "__version__",
     "check_alias",
     "check_artifact_name",
+    "check_local_filesystem",
     "check_metrics",
     "check_name",
     "check_run_id",
@@ -113,6 +116,8 @@ __all__ = [
     "load_project",
     "parse_config",
     "parse_ref",
+    "redact",
+    "redact_data",
     "resolve_path",
     "split_uri",
     "validate_batches",

@@ -13,6 +13,9 @@ import importlib
 import inspect
 import io
 import json
+import math
+import struct
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -128,6 +131,78 @@ def import_architecture(path: str, *, field: str = "architecture") -> type[nn.Mo
     return cls
 
 
+# -- what a served version may be --------------------------------------------------------------------------------
+
+#: Longest safetensors header read (the format's own limit is 100 MB).
+MAX_HEADER_BYTES = 100_000_000
+
+
+def check_architecture(path: str, allowed: Collection[str] | None) -> None:
+    """Refuse an architecture import path that is not on the allow-list, before anything is imported.
+
+    :raises ConfigError: naming the architecture and ``serving.allowed_architectures``.
+    """
+    if not isinstance(path, str):
+        raise ConfigError(f"architecture must be an import path 'module:Class', got {path!r:.80}")
+    if allowed is not None and path not in allowed:
+        raise ConfigError(f"architecture {path!r} is not allowed to be served: add it to "
+                          f"serving.allowed_architectures (allowed: {', '.join(sorted(allowed)) or 'none'})")
+
+
+def parameter_count(weights: bytes) -> int:
+    """Elements of all tensors in a safetensors file, read from its header only (8 bytes little-endian length,
+    then JSON): no tensor is decoded.
+
+    :raises LoomError: the bytes are not a safetensors file.
+    """
+    if len(weights) < 8:
+        raise LoomError("model weights are not a safetensors file (shorter than its header)")
+    (size,) = struct.unpack("<Q", weights[:8])
+    if size > min(MAX_HEADER_BYTES, len(weights) - 8):
+        raise LoomError(f"model weights are not a safetensors file (header of {size} bytes)")
+    try:
+        header = json.loads(weights[8:8 + size])
+        return sum(math.prod(int(d) for d in t["shape"]) for k, t in header.items() if k != "__metadata__")
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise LoomError(f"model weights have an unreadable safetensors header: {err}") from None
+
+
+def check_parameters(count: int, max_parameters: int | None) -> None:
+    """Refuse a version with more parameters than ``max_parameters``, before its module is constructed.
+
+    :raises ConfigError: naming the count, the limit and ``serving.max_parameters``.
+    """
+    if max_parameters is not None and count > max_parameters:
+        raise ConfigError(f"model has {count:,} parameters, more than serving.max_parameters ({max_parameters:,})")
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if depth >= 32:
+        return False
+    if isinstance(value, list):
+        return all(_is_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def check_options(kwargs: Mapping[str, Any]) -> None:
+    """Every constructor option stored with a version is plain JSON (str, int, float, bool, None, lists and
+    objects of those), so building a version never hands its constructor anything but data.
+
+    :raises ConfigError: naming the first option that is not.
+    """
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"model constructor options must be a JSON object, got {type(kwargs).__name__}")
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not _is_plain(value):
+            raise ConfigError(f"model constructor option {key!r} is not plain JSON: {value!r:.80}")
+
+
 @dataclass
 class Preprocessor:
     """Turns declared feature columns into a float32 matrix: numeric columns are imputed with the training median
@@ -219,24 +294,52 @@ class ModelBundle:
         return {WEIGHTS: st_save(weights), SPEC: json.dumps(spec, indent=2).encode()}
 
     @classmethod
-    def from_artifacts(cls, artifacts: Mapping[str, bytes]) -> ModelBundle:
+    def from_artifacts(cls, artifacts: Mapping[str, bytes], *, allowed: Collection[str] | None = None,
+                       max_parameters: int | None = None) -> ModelBundle:
+        """Read a bundle from its artifacts. With ``allowed`` and ``max_parameters`` (what a server may load), the
+        architecture, the constructor options and the parameter count are checked before any tensor is decoded
+        (see :meth:`build`)."""
         try:
             spec = json.loads(artifacts[SPEC])
-            weights = st_load(artifacts[WEIGHTS])
+            raw = artifacts[WEIGHTS]
         except KeyError as err:
             raise LoomError(f"model version is missing artifact {err.args[0]!r}") from None
+        check_architecture(spec["architecture"], allowed)
+        check_options(spec["kwargs"])
+        if max_parameters is not None:
+            check_parameters(parameter_count(raw), max_parameters)
         return cls(architecture=spec["architecture"], kwargs=legacy_kwargs(spec["architecture"], spec["kwargs"]),
                    preprocessor=Preprocessor.from_dict(spec["preprocessor"]),
                    task=task_from_dict(spec.get("task"), spec.get("classes")), inputs=spec["inputs"],
-                   label=spec["label"], state_dict=weights)
+                   label=spec["label"], state_dict=st_load(raw))
 
     @classmethod
-    def from_registry(cls, registry: ModelRegistry, name: str, version: int) -> ModelBundle:
-        """Read version ``version`` of model ``name`` from a registry plugin (its spec and weights)."""
-        return cls.from_artifacts({a: registry.read_artifact(name, version, a) for a in MODEL_ARTIFACTS})
+    def from_registry(cls, registry: ModelRegistry, name: str, version: int, *,
+                      allowed: Collection[str] | None = None, max_parameters: int | None = None) -> ModelBundle:
+        """Read version ``version`` of model ``name`` from a registry plugin (its spec and weights), checked as
+        :meth:`from_artifacts` says."""
+        return cls.from_artifacts({a: registry.read_artifact(name, version, a) for a in MODEL_ARTIFACTS},
+                                  allowed=allowed, max_parameters=max_parameters)
 
-    def build(self) -> nn.Module:
-        """Instantiate the architecture and load the weights (strictly: every tensor must match)."""
+    @property
+    def parameters(self) -> int:
+        """Elements of all weight tensors."""
+        return sum(math.prod(t.shape) for t in self.state_dict.values())
+
+    def build(self, *, allowed: Collection[str] | None = None, max_parameters: int | None = None) -> nn.Module:
+        """Instantiate the architecture and load the weights (strictly: every tensor must match).
+
+        What a server loads is checked first: ``allowed`` (import paths ``module:Class``; see
+        ``ServingConfig.architectures``) before the architecture is imported, then that the constructor options
+        are plain JSON, and ``max_parameters`` before the module is constructed.
+
+        :raises ConfigError: the architecture is not allowed, an option is not plain JSON, or the version has too
+            many parameters.
+        """
+        if allowed is not None or max_parameters is not None:
+            check_architecture(self.architecture, allowed)
+            check_options(self.kwargs)
+            check_parameters(self.parameters, max_parameters)
         model = build_architecture(self.architecture, self.kwargs)
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()

@@ -438,3 +438,25 @@ class TestLocalStoreContract(FeatureStoreContract):
         s = plugins.feature_store("local", state_dir=tmp_path, options={})
         yield s
         s.close()
+
+
+# -- network file systems ------------------------------------------------------------------------------------------
+
+
+def test_online_store_refuses_a_network_file_system(plugins: runtime.Plugins, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime import storage_checks
+
+    monkeypatch.setattr(storage_checks, "_statfs", lambda path: 0x65735546)  # FUSE: s3fs, gcsfuse, GlusterFS
+    monkeypatch.delenv(storage_checks.ALLOW_ENV, raising=False)
+    with pytest.raises(ConfigError, match=r"(?s)features.*FUSE.*SQLite's locking is unsafe.*docs/registry.md"):
+        plugins.feature_store("local", state_dir=tmp_path / "state", options={})
+    assert not (tmp_path / "state").exists()
+    monkeypatch.setenv(storage_checks.ALLOW_ENV, "1")
+    plugins.feature_store("local", state_dir=tmp_path / "state", options={}).close()
+
+
+def test_online_store_opens_on_a_local_directory(plugins: runtime.Plugins, tmp_path: Path) -> None:
+    store = plugins.feature_store("local", state_dir=tmp_path / "new", options={})
+    assert (tmp_path / "new" / "features" / "online.db").exists()
+    store.close()

@@ -6,6 +6,7 @@ import hashlib
 import multiprocessing
 import signal
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 import runtime
 from loom_local_registry import LocalRegistry
 from runtime import ConfigError, InvalidNameError, LoomError, ModelRegistry, NotFoundError
+from runtime import storage_checks
 
 from runtime.artifacts import WEIGHTS
 #: Only the plugin under test: other built-in plugins are irrelevant here and slow to import in child processes.
@@ -273,3 +275,55 @@ def test_process_killed_before_commit_leaves_no_version(reg: LocalRegistry, tmp_
     v = reg.register("m", {WEIGHTS: b"v2"})
     assert v.version == 2
     assert [x.version for x in reg.list_versions("m")] == [1, 2]
+
+
+# -- network file systems ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("f_type", "kind"), [
+    (0x6969, "NFS"), (0xFF534D42, "CIFS/SMB"), (0xFE534D42, "SMB2/3"), (0x517B, "SMB"), (0x65735546, "FUSE"),
+    (0x00C36400, "Ceph"), (0x0BD00BD0, "Lustre"), (0x47504653, "GPFS"), (0x5346414F, "AFS"), (0x01021997, "9P"),
+])
+def test_registry_refuses_a_network_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, f_type: int,
+                                                kind: str) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr(storage_checks, "_statfs", lambda path: asked.append(path) or f_type)
+    monkeypatch.delenv(storage_checks.ALLOW_ENV, raising=False)
+    state = tmp_path / "not" / "yet"
+    with pytest.raises(ConfigError) as err:
+        _open(state)
+    message = str(err.value)
+    assert str(state / "registry") in message and kind in message
+    assert "SQLite's locking is unsafe" in message and "planned, not built yet: see docs/registry.md" in message
+    assert "LOOM_ALLOW_NETWORK_FS=1" in message
+    assert asked == [str(tmp_path)]  # the nearest existing ancestor, before anything is created
+    assert not (tmp_path / "not").exists()
+
+
+def test_network_file_system_override_and_local_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage_checks, "_statfs", lambda path: 0x6969)
+    monkeypatch.setenv(storage_checks.ALLOW_ENV, "1")
+    assert _open(tmp_path).list_models() == []
+    monkeypatch.delenv(storage_checks.ALLOW_ENV)
+    for local in (0xEF53, 0x58465342, 0x01021994, 0x9123683E, None):  # ext4, xfs, tmpfs, btrfs, unreadable
+        monkeypatch.setattr(storage_checks, "_statfs", lambda path, t=local: t)
+        assert storage_checks.network_filesystem(tmp_path) is None
+        _open(tmp_path / str(local))
+
+
+def test_statfs_falls_back_quietly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No refusal where the kind cannot be read: another OS, no libc statfs, or a failing call."""
+    monkeypatch.setattr(storage_checks, "_libc_statfs", lambda: None)
+    assert storage_checks._statfs(str(tmp_path)) is None
+    monkeypatch.setattr(storage_checks, "_libc_statfs", lambda: lambda path, buf: -1)
+    assert storage_checks._statfs(str(tmp_path)) is None
+    _open(tmp_path)
+
+
+def test_a_local_directory_is_accepted_on_the_real_file_system(tmp_path: Path) -> None:
+    """The real statfs (no monkeypatching): this machine's temp dir is a local disk."""
+    if sys.platform.startswith("linux"):
+        assert storage_checks._statfs(str(tmp_path)) not in (None, *storage_checks.NETWORK_FILESYSTEMS)
+    assert storage_checks.network_filesystem(tmp_path / "a" / "b") is None
+    reg = _open(tmp_path / "a" / "b")
+    assert reg.register("m", {WEIGHTS: b"w"}).version == 1

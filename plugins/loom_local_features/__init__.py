@@ -12,6 +12,9 @@ pandas ``merge_asof``), so a label at time ``t`` only ever sees feature values s
 TTL. Serving reads the online tables (:meth:`LocalFeatureStore.get_online_features`), kept up to date by
 :meth:`~LocalFeatureStore.materialize` (batch, incremental) and :meth:`~LocalFeatureStore.push` (streaming).
 
+``path`` must be on a local disk: the store refuses to open on a network file system (NFS, SMB, FUSE, ...), where
+SQLite's locking is unsafe, unless ``LOOM_ALLOW_NETWORK_FS=1``.
+
 This plugin uses only ``runtime``'s public API, exactly as a third-party plugin would.
 """
 

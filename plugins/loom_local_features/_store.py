@@ -25,6 +25,7 @@ from runtime import (
     FeatureService,
     FeatureView,
     NotFoundError,
+    check_local_filesystem,
     check_name,
 )
 
@@ -189,6 +190,7 @@ class LocalFeatureStore:
     def __init__(self, path: Path | str) -> None:
         """Open (creating if needed) the store rooted at ``path``."""
         self.path = Path(path)
+        check_local_filesystem(self.path, what="the local feature store (online SQLite)")
         self.path.mkdir(parents=True, exist_ok=True)
         self._views_dir = self.path / "views"
         self.offline = OfflineStore(self.path / "offline")

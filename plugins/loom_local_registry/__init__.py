@@ -11,7 +11,8 @@ Select it with ``registry: {kind: local}`` in ``loom.yaml`` (the default). Optio
     reads the same artifacts. Default: ``<path>/artifacts``.
 
 Relative paths are taken relative to the project's state directory. ``path`` must be on a local file system
-(SQLite's WAL mode does not work over NFS/SMB); many processes on one machine may use it at once.
+(SQLite's locking and WAL mode do not work over NFS/SMB/FUSE): the registry refuses to open on a network file
+system unless ``LOOM_ALLOW_NETWORK_FS=1``; many processes on one machine may use it at once.
 
 This plugin uses only ``runtime``'s public API, exactly as a third-party registry would.
 """

@@ -9,7 +9,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime import LATEST, ModelVersion, NotFoundError, check_alias, check_name, check_run_id, parse_ref
+from runtime import (
+    LATEST,
+    ModelVersion,
+    NotFoundError,
+    check_alias,
+    check_local_filesystem,
+    check_name,
+    check_run_id,
+    parse_ref,
+)
 
 from ._blobs import open_blobs
 from ._db import Database
@@ -31,6 +40,7 @@ class LocalRegistry(RunTracking):
     """
 
     def __init__(self, path: Path, artifact_root: str | os.PathLike[str]) -> None:
+        check_local_filesystem(path, what="the local registry's database")  # SQLite WAL: local disk only
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = Database(path / "registry.db")
