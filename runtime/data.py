@@ -16,6 +16,8 @@ class DataSource(Protocol):
     for a URI scheme (``csv``, ``parquet``, ...)."""
 
     uri: str
+    """The source's URI, for messages: it should hold no secret (Loom's plugins set it to the URI as
+    :func:`runtime.redact` shows it). Loom redacts it again wherever it shows or stores it."""
 
     def read(self) -> pd.DataFrame:
         """Return the whole table (small data; large inputs use :meth:`iter_batches`)."""

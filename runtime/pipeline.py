@@ -24,6 +24,7 @@ from .data import DataSource
 from .features import FeatureService
 from .plugins import Plugins, get_plugins
 from .registry import ModelVersion
+from .secrets import redact, redact_error
 from .tracking import TrackedRun, Tracker
 from .validation import ValidationReport, validate_batches
 
@@ -34,6 +35,8 @@ class Dataset:
 
     frame: pd.DataFrame
     uri: str
+    """The data source's URI as shown and stored in lineage: passwords and credential parameters redacted
+    (:func:`runtime.redact`)."""
     fingerprint: str
     quarantined: int = 0
     """Bad rows set aside in a quarantine file (``data.bad_rows.policy: quarantine``) rather than kept."""
@@ -118,12 +121,15 @@ class Pipeline:
 
     @contextlib.contextmanager
     def stage(self, name: str, message: str) -> Iterator[None]:
-        """Time a stage, show it, and report a failure to ``loom_on_error`` plugins."""
+        """Time a stage, show it, and report a failure to ``loom_on_error`` plugins. The message is shown, and a
+        failure's message passed on, with secrets redacted (:func:`runtime.redact`)."""
         started = time.perf_counter()
+        message = redact(message)
         try:
             with self.console.status(f"[bold]{message}…"):
                 yield
         except BaseException as err:
+            redact_error(err)  # a data source's or registry's error may echo a URI with its password
             self.console.print(f"[red]✗[/] {name} failed")
             self.plugins.call_quietly("loom_on_error", project=self.project, stage=name, error=err)
             raise
@@ -139,7 +145,7 @@ class Pipeline:
         """Stream a data source through validation, applying the project's bad-row policy; return the report
         and the source's fingerprint."""
         d = self.project.config.data
-        uri = source.uri
+        uri = redact(source.uri)
         policy = d.bad_rows
         report = validate_batches(source.iter_batches(d.batch_rows), columns, source=uri, policy=policy.policy,
                                   quarantine_dir=self.project.quarantine_dir, max_fraction=policy.max_fraction,
@@ -184,11 +190,12 @@ class Pipeline:
         the data with ``data.generate`` when there is none yet)."""
         d = self.project.config.data
         self.generate_data()
-        with self.stage("ingest", f"opening {d.source}"):
+        shown = redact(d.source)
+        with self.stage("ingest", f"opening {shown}"):
             source = self.open_source(d.source, d.options)
-        with self.stage("validate", f"reading {d.source} and validating it against {len(d.columns)} columns"):
+        with self.stage("validate", f"reading {shown} and validating it against {len(d.columns)} columns"):
             report, fingerprint = self.validated(source, d.columns)
-        return Dataset(frame=report.frame, uri=d.source, fingerprint=fingerprint, quarantined=report.quarantined)
+        return Dataset(frame=report.frame, uri=shown, fingerprint=fingerprint, quarantined=report.quarantined)
 
     def write_features(self, data: Dataset) -> FeatureService:
         """Apply the project's feature views and services, write each view's rows (from the data source or the
@@ -244,6 +251,7 @@ class Pipeline:
         try:
             result = self._fit(prepared, run_name, on_epoch=run.epoch)
         except BaseException as err:
+            redact_error(err)
             run.fail(err)
             self.plugins.call_quietly("loom_on_error", project=self.project, stage="train", error=err)
             raise
@@ -299,7 +307,7 @@ class Pipeline:
         key = self.lineage_key(data)
         with self.stage("register", f"registering {cfg.model.name!r} in the {cfg.registry.kind!r} registry"):
             lineage = {
-                "data": {"source": data.uri, "fingerprint": data.fingerprint, "rows": len(data.frame)},
+                "data": {"source": redact(data.uri), "fingerprint": data.fingerprint, "rows": len(data.frame)},
                 "features": ({"store": cfg.features.store, "view": view.name, "features": list(view.features),
                               "entity": view.entity, "timestamp": view.timestamp, "dtypes": dict(view.dtypes),
                               "ttl_days": cfg.features.ttl_days, "quarantined_rows": data.quarantined,
@@ -343,13 +351,14 @@ class Pipeline:
 
     def lineage_key(self, data: Dataset) -> str:
         """The key of what training on ``data`` would make: its fingerprints (the data source's and each feature
-        view's own source's), the settings that shape training and the code (:mod:`runtime.lineage`)."""
+        view's own source's, by redacted URI), the settings that shape training and the code
+        (:mod:`runtime.lineage`)."""
         from .lineage import lineage_key
 
         if data.lineage_key is None:  # once per dataset: the reuse check and register both need it
-            fingerprints = {data.uri: data.fingerprint}
+            fingerprints = {redact(data.uri): data.fingerprint}
             for own in self.project.config.feature_definitions.sources.values():
-                fingerprints[own.uri] = self.open_source(own.uri, own.options).fingerprint()
+                fingerprints[redact(own.uri)] = self.open_source(own.uri, own.options).fingerprint()
             data.lineage_key = lineage_key(self.project, fingerprints)
         return data.lineage_key
 

@@ -22,6 +22,7 @@ import pluggy
 from . import hookspecs
 from ._version import __version__
 from .errors import LoomError, NotFoundError, PluginError
+from .secrets import redact, redact_error
 
 log = logging.getLogger("loom.plugins")
 #: With ``LOOM_TRACE_PLUGINS=1``: one INFO record per plugin load, registration, factory call and hook call,
@@ -214,18 +215,21 @@ class Plugins:
         try:
             result = impl.function(**args)
         except Exception as err:  # noqa: BLE001 - attribute every failure to its plugin
-            self._trace("hook", impl.plugin_name, started, f"{call} raised {type(err).__name__}: {err}")
+            redact_error(err)
+            self._trace("hook", impl.plugin_name, started, f"{call} raised {type(err).__name__}: {redact(err)}")
             if isinstance(err, PluginError):
                 raise
-            message = str(err) if isinstance(err, LoomError) else f"{type(err).__name__}: {err}"
+            message = redact(err) if isinstance(err, LoomError) else f"{type(err).__name__}: {redact(err)}"
             raise PluginError(impl.plugin_name, hook, message, dist=self.dist_of(impl.plugin_name)) from err
         self._trace("hook", impl.plugin_name, started, f"{call} returned {_brief(result)}")
         return result
 
     def _trace(self, event: str, plugin: str, started: float | None, message: str) -> None:
-        """Log one trace record; ``started`` (a ``perf_counter`` reading) adds the duration since then."""
+        """Log one trace record (secrets redacted); ``started`` (a ``perf_counter`` reading) adds the duration since
+        then."""
         if not self.trace:
             return
+        message = redact(message)
         ms = None if started is None else (time.perf_counter() - started) * 1000
         extra = {"loom_event": event, "loom_plugin": plugin, "loom_ms": ms}
         if ms is None:
@@ -282,11 +286,13 @@ class Plugins:
         started = time.perf_counter()
         try:
             made = factory(**kwargs)
-        except LoomError:
+        except LoomError as err:  # its options may hold a URI with a password (a registry's tracking URI)
+            redact_error(err)
             raise
         except Exception as err:  # noqa: BLE001
+            redact_error(err)
             raise PluginError(plugin, hook, f"{kind.what} {name!r} could not be created: "
-                              f"{type(err).__name__}: {err}", dist=self.dist_of(plugin)) from err
+                              f"{type(err).__name__}: {redact(err)}", dist=self.dist_of(plugin)) from err
         self._trace("create", plugin, started, f"create {kind.what} {name!r} by {plugin}: {type(made).__name__}")
         return made
 
@@ -304,14 +310,17 @@ class Plugins:
             raise NotFoundError(f"no data-source plugin handles {scheme}:// URIs (available: {known})")
         factory, plugin = kind.factories[scheme.lower()]
         started = time.perf_counter()
+        shown = redact(uri)  # a URI may carry a password or a signed query: never shown as it is
         try:
             made = factory(uri, base_dir=base_dir, options=dict(options or {}))
-        except LoomError:
+        except LoomError as err:
+            redact_error(err)
             raise
         except Exception as err:  # noqa: BLE001
-            raise PluginError(plugin, "loom_register_data_sources", f"data source {uri!r} could not be opened: "
-                              f"{type(err).__name__}: {err}", dist=self.dist_of(plugin)) from err
-        self._trace("create", plugin, started, f"create data source {uri!r} by {plugin}: {type(made).__name__}")
+            redact_error(err)
+            raise PluginError(plugin, "loom_register_data_sources", f"data source {shown!r} could not be opened: "
+                              f"{type(err).__name__}: {redact(err)}", dist=self.dist_of(plugin)) from err
+        self._trace("create", plugin, started, f"create data source {shown!r} by {plugin}: {type(made).__name__}")
         return made
 
     def feature_store(self, name: str, *, state_dir: Any, options: dict[str, Any] | None = None) -> Any:

@@ -6,7 +6,8 @@ variable, which must be set) or ``${VAR:-default}`` (the default when it is unse
 
 :func:`redact` takes the secrets out of a string before it is printed, logged, stored in lineage or put in an error:
 the password of a URI's user info (``postgresql://loom:***@db/loom``), and the values of query parameters that name
-a credential (``?token=***``).
+a credential (``?token=***``). :func:`redact_data` does it to every string of a structure (and masks values under
+credential-named keys), :func:`redact_error` to an exception's message in place.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ SECRET_PARAMS = frozenset({"password", "passwd", "pwd", "secret", "token", "acce
                            "key", "sig", "signature", "x-amz-signature", "x-amz-credential", "x-amz-security-token",
                            "aws_secret_access_key", "aws_session_token", "sas", "sastoken", "client_secret"})
 MASK = "***"
-# scheme://user:password@host -> the password; also user:password@ without a scheme (ssh-style).
-_USERINFO = re.compile(r"(?P<pre>(?:[A-Za-z][A-Za-z0-9+.-]*://)[^/@:\s]*:)(?P<secret>[^@/\s]+)(?=@)")
+# scheme://user:password@host -> the password, up to the last '@' before the host (as urllib splits it), so a
+# password holding an unencoded '@' or ':' is masked whole.
+_USERINFO = re.compile(r"(?P<pre>(?:[A-Za-z][A-Za-z0-9+.-]*://)[^/@:\s]*:)(?P<secret>[^/?#\s]+)(?=@)")
 _QUERY = re.compile(r"(?P<pre>[?&;](?P<name>[A-Za-z0-9_.-]+)=)(?P<value>[^&;#\s'\"]*)")
 
 
@@ -70,15 +72,43 @@ def redact(text: Any) -> str:
     return s
 
 
-def redact_data(data: Any) -> Any:
+def redact_data(data: Any, *, keys: bool = True) -> Any:
     """Every string inside ``data`` (dicts, lists, tuples) redacted, and values under keys that name a credential
-    (``password``, ``token``, ...) masked whole; anything else unchanged."""
+    (``password``, ``token``, ...) masked whole; anything else unchanged. ``keys=False`` redacts the strings only
+    (for data whose keys are user names, such as column names, rather than option names)."""
     if isinstance(data, Mapping):
-        return {k: (MASK if isinstance(k, str) and _secret_key(k) and data[k] not in (None, "")
-                    else redact_data(v)) for k, v in data.items()}
+        return {k: (MASK if keys and isinstance(k, str) and _secret_key(k) and data[k] not in (None, "")
+                    else redact_data(v, keys=keys)) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
-        return type(data)(redact_data(v) for v in data)
+        return type(data)(redact_data(v, keys=keys) for v in data)
     return redact(data) if isinstance(data, str) else data
+
+
+#: Attributes of exceptions that hold (part of) their message.
+_MESSAGE_ATTRIBUTES = ("source", "strerror", "filename", "filename2", "message", "msg", "reason")
+
+
+def redact_error(err: BaseException) -> BaseException:
+    """``err`` with the secrets taken out of its message, in place, so its type, attributes and traceback stay
+    (and so does its place in a ``raise ... from`` chain); returns it. Covers the string arguments every exception
+    keeps in ``args``, the string attributes common exceptions build their message from (``OSError.strerror`` and
+    ``filename``, ``message``, ``msg``, ``reason``) and the ``source`` and ``problems`` of
+    :class:`runtime.DataValidationError`; an exception that builds its message some other way is left as it is
+    (wrap it in a :class:`runtime.LoomError` with a redacted message instead)."""
+    try:
+        args = tuple(redact(a) if isinstance(a, str) else a for a in err.args)
+        if args != err.args:
+            err.args = args
+        for name in _MESSAGE_ATTRIBUTES:
+            value = getattr(err, name, None)
+            if isinstance(value, str) and redact(value) != value:
+                setattr(err, name, redact(value))
+        problems = getattr(err, "problems", None)
+        if isinstance(problems, list) and all(isinstance(p, str) for p in problems):
+            err.problems = [redact(p) for p in problems]  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - read-only attributes of an extension type: never fail over the error itself
+        pass
+    return err
 
 
 #: Mapping keys whose values are credentials (``key`` alone is not one: lineage has a ``key``).

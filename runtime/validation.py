@@ -62,6 +62,7 @@ from pandas.api import types as ptypes
 
 from .config import ColumnSpec
 from .errors import DataValidationError
+from .secrets import redact
 
 #: Text is held as pyarrow-backed pandas ``string``: its string operations are vectorised in C++, not per value.
 _TEXT = pd.StringDtype("pyarrow")
@@ -328,7 +329,7 @@ class _Validator:
     def __init__(self, columns: Mapping[str, ColumnSpec], source: str, *, empty_columns: bool = False,
                  base_dir: Path | None = None) -> None:
         self.columns = dict(columns)
-        self.source = source
+        self.source = redact(source)
         self.base_dir = base_dir
         self.empty_columns = empty_columns
         self.rows = 0
@@ -410,10 +411,11 @@ def validate_frame(
 ) -> ValidationReport:
     """Coerce and check ``df`` against the declared ``columns``.
 
-    :param source: where the data came from (file or URI); every problem line starts with it.
+    :param source: where the data came from (file or URI); every problem line starts with it, secrets redacted.
     :param raise_on_error: raise :class:`runtime.DataValidationError` listing every problem when there are any.
     :param empty_columns: accept entirely null nullable columns (see :func:`coerce_frame`).
     """
+    source = redact(source)
     frame, problems, bad = coerce_frame(df, columns, source=source, empty_columns=empty_columns)
     if problems and raise_on_error:
         raise DataValidationError(source, problems)
@@ -442,6 +444,7 @@ def validate_batches(
     """
     if policy == "quarantine" and quarantine_dir is None:
         raise ValueError("the quarantine policy needs a quarantine_dir")
+    source = redact(source)  # it starts every problem line and names the source in the report
     validator = _Validator(columns, source, base_dir=base_dir)
     good: list[pd.DataFrame] = []
     file = quarantine_dir / f"quarantine-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.csv" if quarantine_dir else None

@@ -160,6 +160,75 @@ def test_long_params_are_refused_not_truncated(reg: ModelRegistry) -> None:
         reg.log_params(run.id, {"big": "x" * 7000})
 
 
+# -- what is read back from MLflow -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("../../etc/passwd", "'..'"),
+    ("loom.models/m/../../../../etc", "'..'"),
+    ("/etc/passwd", "absolute path"),
+    ("C:/Windows/win.ini", "absolute path"),
+    ("loom.models\\m\\x", "backslash"),
+    ("loom.models/m/%2e%2e", "'%'"),
+    ("loom.models//x", "non-empty"),
+])
+def test_a_tampered_artifact_path_tag_is_refused_naming_the_tag(value: str, reason: str, tmp_path: Path,
+                                                                options: dict[str, str]) -> None:
+    """The tag naming a version's folder becomes a download path: anyone who can write to the MLflow store can
+    change it, so it is checked (relative, safe names, no '..', no backslash) before anything is read."""
+    reg = _open(tmp_path, **options)
+    reg.register("m", {WEIGHTS: b"w"}, alias="production")
+    client = _client(options)
+    good = client.get_model_version("m", "1").tags["loom.artifact_path"]
+    client.set_model_version_tag("m", "1", "loom.artifact_path", value)
+    for read in (lambda: reg.get_version("m", "production"), lambda: reg.read_artifact("m", 1, WEIGHTS),
+                 lambda: _open(tmp_path, **options).list_versions("m")):
+        with pytest.raises(LoomError, match="'loom.artifact_path' tag of model 'm' version 1") as err:
+            read()
+        assert reason in str(err.value) and repr(value) in str(err.value)
+    client.set_model_version_tag("m", "1", "loom.artifact_path", good)
+    assert reg.read_artifact("m", 1, WEIGHTS) == b"w"
+
+
+def test_tampered_run_ids_and_artifact_names_are_refused(tmp_path: Path, options: dict[str, str]) -> None:
+    import sqlite3
+
+    reg = _open(tmp_path, **options)
+    reg.register("m", {WEIGHTS: b"w"})
+    reg.register("n", {WEIGHTS: b"w"})
+    db = options["tracking_uri"].removeprefix("sqlite:///")
+    with sqlite3.connect(db) as conn:  # what a write to MLflow's database can do
+        conn.execute("UPDATE model_versions SET run_id = '../../elsewhere' WHERE name = 'm'")
+    with pytest.raises(LoomError, match=r"the run id of model 'm' version 1 in MLflow '\.\./\.\./elsewhere'"):
+        _open(tmp_path, **options).get_version("m", 1)
+
+    [document] = [p for p in (tmp_path / "mlflow-artifacts").rglob("loom-version.json") if "/n/" in p.as_posix()]
+    doc = json.loads(document.read_text())
+    doc["artifacts"]["../../model.json"] = doc["artifacts"].pop(WEIGHTS)
+    document.write_text(json.dumps(doc))
+    with pytest.raises(LoomError, match=r"artifact name '\.\./\.\./model\.json' in the metadata of model 'n'"):
+        _open(tmp_path, **options).get_version("n", 1)
+
+
+def test_store_passwords_are_in_no_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """MLflow's own errors quote the tracking server's URL, user info and all: Loom's messages redact it."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    secret = "Pa55w0rd-xyzzy"
+    caplog.set_level("INFO")
+    reg = _open(tmp_path, tracking_uri=f"http://loom:{secret}@127.0.0.1:9/?token={secret}")
+    assert secret not in repr(reg) and "loom:***@127.0.0.1:9" in repr(reg)
+    for call in (reg.list_models, lambda: reg.get_version("m", 1), lambda: reg.get_run("abc123")):
+        with pytest.raises(LoomError) as err:
+            call()
+        assert secret not in str(err.value) and "http://loom:***@127.0.0.1:9" in str(err.value), str(err.value)
+    assert not [r for r in caplog.records if secret in r.getMessage()]
+    with pytest.raises(ConfigError) as bad:
+        _open(tmp_path, tracking_uri=12345)
+    assert "12345" not in str(bad.value)
+
+
 # -- concurrency and crashes -----------------------------------------------------------------------------------
 
 

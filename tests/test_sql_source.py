@@ -189,3 +189,34 @@ def test_postgres_streams_with_a_server_side_cursor(plugins: Plugins, postgres_u
     sizes = [len(b) for b in source.iter_batches(batch_size=30_000)]
     assert sizes == [30_000, 30_000, 30_000, 10_000]
     assert sum(int(b["id"].count()) for b in source.iter_batches(batch_size=50_000)) == 100_000
+
+
+# -- secrets ------------------------------------------------------------------------------------------------------
+
+SECRET = "Pa55w0rd-xyzzy"
+
+
+def test_the_password_is_in_no_message_nor_in_the_source(plugins: Plugins, tmp_path: Path) -> None:
+    closed = f"postgresql://loom:{SECRET}@127.0.0.1:9/loom"  # discard port: nothing listens there
+    source = plugins.data_source(closed, base_dir=tmp_path, options={"query": "SELECT 1"})
+    assert source.uri == "postgresql://loom:***@127.0.0.1:9/loom" and SECRET not in repr(source)
+    with pytest.raises(LoomError, match="connection failed") as err:
+        source.read()
+    assert SECRET not in str(err.value) and "loom:***@127.0.0.1:9" in str(err.value)
+    for uri, error, match in [
+        (f"postgresql://loom:{SECRET}@127.0.0.1:notaport/loom", ConfigError, "not a database URL"),
+        (f"sqlite://loom:{SECRET}@/app.db", ConfigError, "names a file only"),
+        (f"postgresql://loom:{SECRET}@127.0.0.1/loom", ConfigError, "unknown option"),
+    ]:
+        with pytest.raises(error, match=match) as err:
+            plugins.data_source(uri, base_dir=tmp_path, options={"tabel": "t"} if "unknown" in match else
+                                {"table": "t"})
+        assert SECRET not in str(err.value) and ":***@" in str(err.value)
+
+
+def test_the_drivers_message_is_scrubbed_of_the_password() -> None:
+    from loom_sql._source import scrub
+
+    text = f"invalid connection option: host=db password={SECRET} dbname=x (postgresql://u:{SECRET}@db/x)"
+    assert scrub(text, SECRET) == "invalid connection option: host=db password=*** dbname=x (postgresql://u:***@db/x)"
+    assert scrub("user ab failed", "ab") == "user ab failed"  # too short to search for without garbling

@@ -22,6 +22,11 @@ columns become pandas ``Int64`` so that ids stay exact even when a column has nu
 Options (``data.options`` in ``loom.yaml``): CSV takes ``delimiter`` (default ``","``) and ``encoding`` (default
 ``"utf-8"``); parquet takes none. Schemes that do not name a format take ``format`` (``csv`` or ``parquet``);
 remote ones take ``storage_options`` (a mapping handed to the ``fsspec`` filesystem: credentials, endpoint, ...).
+
+Credentials never appear in messages: URIs (``s3://key:secret@bucket/...``, signed ``https://...?X-Amz-Signature=``
+URLs) are named as :func:`runtime.redact` shows them, and so is the source's ``uri``; ``storage_options`` values
+are never shown. A signed URL's fingerprint names its files without the signature, so re-signing the same file
+does not change it.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from runtime import (
     NotFoundError,
     Register,
     hookimpl,
+    redact,
     resolve_path,
     split_uri,
 )
@@ -95,6 +101,7 @@ class FileSource:
     """A table stored in one or more CSV or parquet files on one filesystem (a :class:`runtime.DataSource`)."""
 
     uri: str
+    """The URI as shown: credentials redacted (the filesystem holds what it needs)."""
     format: Format
     paths: tuple[str, ...]
     filesystem: pafs.FileSystem
@@ -128,7 +135,7 @@ class FileSource:
         the same for the same files on any filesystem."""
         h = hashlib.sha256()
         for path in sorted(self.paths):
-            h.update(posixpath.basename(path).encode())
+            h.update(redact(posixpath.basename(path)).encode())  # a signed URL's name, without its signature
             h.update(b"\0")
             with self.filesystem.open_input_stream(path) as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -143,8 +150,8 @@ class FileSource:
             return df
         column, watermark = self.since_filter
         if column not in df.columns:
-            raise DataValidationError(self.uri, [f"{path}: no column {column!r} to read incrementally by"])
-        times = _utc_column(df[column], f"{path}: column {column!r}")
+            raise DataValidationError(self.uri, [f"{redact(path)}: no column {column!r} to read incrementally by"])
+        times = _utc_column(df[column], f"{redact(path)}: column {column!r}")
         return df[(times > watermark).to_numpy(dtype=bool, na_value=False)].reset_index(drop=True)
 
     def since(self, column: str, watermark: Any) -> FileSource:
@@ -160,7 +167,9 @@ class FileSource:
         try:
             yield
         except pa.ArrowInvalid as err:
-            raise DataValidationError(self.uri, [f"{path}: {err}"]) from err
+            problem = f"{path}: {err}"
+            shown = redact(problem)  # a signed URL's path carries its signature: then the cause is left out too
+            raise DataValidationError(self.uri, [shown]) from (err if shown == problem else None)
 
     def _csv_options(self) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
         opts = {**OPTIONS["csv"], **self.options}
@@ -278,78 +287,94 @@ def _format_of(path: str) -> Format:
                       "parquet://, or the format option")
 
 
-def _check_options(uri: str, fmt: Format, options: dict[str, Any]) -> dict[str, str]:
+def _check_options(shown: str, fmt: Format, options: dict[str, Any]) -> dict[str, str]:
     known = OPTIONS[fmt]
     unknown = sorted(set(options) - set(known))
     if unknown:
         accepted = ", ".join(sorted(known)) or "none"
-        raise ConfigError(f"data source {uri}: unknown option(s) {', '.join(unknown)} for {fmt} (accepted: {accepted})")
+        raise ConfigError(f"data source {shown}: unknown option(s) {', '.join(unknown)} for {fmt} "
+                          f"(accepted: {accepted})")
     for key, value in options.items():
         if not isinstance(value, str) or not value:
-            raise ConfigError(f"data source {uri}: option {key!r} must be a non-empty string, got {value!r}")
+            raise ConfigError(f"data source {shown}: option {key!r} must be a non-empty string, got {value!r}")
     if "delimiter" in options and len(options["delimiter"]) != 1:
-        raise ConfigError(f"data source {uri}: option 'delimiter' must be one character, got {options['delimiter']!r}")
+        raise ConfigError(f"data source {shown}: option 'delimiter' must be one character, got "
+                          f"{options['delimiter']!r}")
     if "encoding" in options:
         try:
             codecs.lookup(options["encoding"])
         except LookupError:
-            raise ConfigError(f"data source {uri}: unknown encoding {options['encoding']!r}") from None
+            raise ConfigError(f"data source {shown}: unknown encoding {options['encoding']!r}") from None
     return dict(options)
 
 
 def _remote_filesystem(uri: str, storage_options: dict[str, Any]) -> tuple[pafs.FileSystem, str]:
     """The filesystem and in-filesystem path of a remote URI: pyarrow's own when it has one, else fsspec's."""
-    scheme = split_uri(uri)[0]
+    scheme, shown = split_uri(uri)[0], redact(uri)
     if scheme in _NATIVE and not storage_options:
         try:
             return pafs.FileSystem.from_uri(uri)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass  # this pyarrow build lacks it: fsspec may have it
         except OSError as err:
-            raise LoomError(f"data source {uri}: cannot open its filesystem: {err}") from None
+            raise LoomError(f"data source {shown}: cannot open its filesystem: {redact(err)}") from None
     try:
         import fsspec
     except ImportError:
-        raise ConfigError(f"data source {uri}: {scheme}:// needs the fsspec package") from None
+        raise ConfigError(f"data source {shown}: {scheme}:// needs the fsspec package") from None
     try:
         fs, path = fsspec.core.url_to_fs(uri, **storage_options)
     except ImportError as err:
-        raise ConfigError(f"data source {uri}: {scheme}:// needs a package fsspec names: {err}") from None
+        raise ConfigError(f"data source {shown}: {scheme}:// needs a package fsspec names: {redact(err)}") from None
     except (ValueError, TypeError, OSError) as err:
-        raise LoomError(f"data source {uri}: cannot open its filesystem: {err}") from None
+        raise LoomError(f"data source {shown}: cannot open its filesystem: {_hide(err, storage_options)}") from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def _hide(err: BaseException, storage_options: dict[str, Any]) -> str:
+    """A filesystem's error fit to show: URIs redacted, and no value of ``storage_options`` (credentials) in it."""
+    text = redact(err)
+    for value in storage_options.values():
+        if isinstance(value, str) and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
 
 
 def _open_source(uri: str, scheme: str, *, base_dir: Path, options: dict[str, Any]) -> FileSource:
     """Match the files ``uri`` names and check ``options``; the format comes from the scheme, the ``format``
     option or the files' suffixes."""
     options = dict(options)
+    shown = redact(uri)
     fmt = LOCAL_SCHEMES.get(scheme)
     if fmt is None and "format" in options:
         fmt = options.pop("format")
         if fmt not in SUFFIXES:
-            raise ConfigError(f"data source {uri}: option 'format' must be csv or parquet, got {fmt!r}")
+            raise ConfigError(f"data source {shown}: option 'format' must be csv or parquet, got {fmt!r}")
     storage = options.pop("storage_options", {}) if scheme in REMOTE_SCHEMES else {}
-    if not isinstance(storage, dict):
-        raise ConfigError(f"data source {uri}: option 'storage_options' must be a mapping, got {storage!r}")
+    if not isinstance(storage, dict):  # its value is not shown: it may be a credential in the wrong place
+        raise ConfigError(f"data source {shown}: option 'storage_options' must be a mapping, got "
+                          f"{type(storage).__name__}")
     if scheme in LOCAL_SCHEMES:
         filesystem: pafs.FileSystem = pafs.LocalFileSystem()
-        pattern = shown = os.path.abspath(resolve_path(split_uri(uri)[1], Path(base_dir)))
+        pattern = where = os.path.abspath(resolve_path(split_uri(uri)[1], Path(base_dir)))
     else:
         filesystem, pattern = _remote_filesystem(uri, storage)
-        shown = uri
+        where = shown
     suffixes = SUFFIXES[fmt] if fmt else tuple(s for ss in SUFFIXES.values() for s in ss)
-    paths = _match(filesystem, pattern, suffixes)
+    try:
+        paths = _match(filesystem, pattern, suffixes)
+    except OSError as err:  # a remote listing: its message may quote the URL, query string and all
+        raise LoomError(f"data source {shown}: cannot list its files: {_hide(err, storage)}") from None
     if not paths:
         what = f"{fmt} files" if fmt else "csv or parquet files"
-        raise NotFoundError(f"data source {uri}: no {what} match {shown}")
+        raise NotFoundError(f"data source {shown}: no {what} match {redact(where)}")
     if fmt is None:
-        formats = {_format_of(p) for p in paths}
+        formats = {_format_of(redact(p)) for p in paths}
         if len(formats) > 1:
-            raise ConfigError(f"data source {uri} matches both csv and parquet files; name one format")
+            raise ConfigError(f"data source {shown} matches both csv and parquet files; name one format")
         fmt = formats.pop()
-    return FileSource(uri=uri, format=fmt, paths=tuple(paths), filesystem=filesystem,
-                      options=_check_options(uri, fmt, options))
+    return FileSource(uri=shown, format=fmt, paths=tuple(paths), filesystem=filesystem,
+                      options=_check_options(shown, fmt, options))
 
 
 def _factory(scheme: str) -> Callable[..., FileSource]:

@@ -20,6 +20,10 @@ the local registry. Options:
     (``s3://...``). Default: ``<state_dir>/mlflow/artifacts`` with a database store, the server's choice with a
     tracking server.
 
+A store URI may hold a password: write it as ``${VAR}`` in ``loom.yaml``
+(``postgresql://loom:${MLFLOW_DB_PASSWORD}@db/mlflow``) or set ``MLFLOW_TRACKING_URI``; messages show every store
+URI with its password and credential parameters redacted.
+
 The core never imports MLflow; this module imports it only when a registry is created. MLflow's usage telemetry
 is turned off (``MLFLOW_DISABLE_TELEMETRY=true`` unless already set), since Loom never phones home. It uses only
 ``runtime``'s public API, exactly as a third-party plugin would.
@@ -41,8 +45,9 @@ _DATABASES = ("sqlite", "postgresql", "mysql", "mssql")
 
 def _uri_option(options: dict[str, Any], key: str) -> str | None:
     value = options.get(key)
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ConfigError(f"registry option {key!r} must be a non-empty string, got {value!r}")
+    if value is not None and (not isinstance(value, str) or not value):  # not shown: a URI may hold a password
+        raise ConfigError(f"registry option {key!r} must be a non-empty string, got "
+                          f"{type(value).__name__ if value else repr(value)}")
     return value
 
 

@@ -7,6 +7,12 @@ and the SHA-256 of every artifact; weights stay safetensors, nothing goes throug
 A registration uploads everything first and then creates the model version in one call, so a crash leaves at
 most unreferenced files, never a partial version; contended version creation is retried (it cannot create a
 duplicate: each attempt is first looked up by its registration id).
+
+What is read back from MLflow and becomes a path is checked before use, since anyone with write access to the
+store can change a tag: a version's folder tag (:data:`_PATH_TAG`) must be a relative path of safe names (no
+``..``, no absolute path, no backslash), run ids and the artifact names of a version document safe names; a
+tampered value is a :class:`runtime.LoomError` naming it. Store URIs appear in messages as :func:`runtime.redact`
+shows them (no password), and so does MLflow's own error text.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from runtime import (  # noqa: E402
     check_run_id,
     check_run_status,
     parse_ref,
+    redact,
 )
 
 from ._codec import PREFIX, VERSION_DOCUMENT, decode_param, encode_param, user_tags, version_document  # noqa: E402
@@ -114,6 +121,41 @@ def _check_tags(tags: dict[str, str] | None) -> dict[str, str]:
     return tags
 
 
+def _safe_path(value: object, what: str) -> str:
+    """``value`` (read back from MLflow) if it is a relative artifact path of safe names, else a
+    :class:`LoomError` naming ``what``: no '..', no absolute path, no backslash, every segment a safe name."""
+    if not isinstance(value, str) or not value:
+        raise LoomError(f"{what} is empty or not a string; register the model again")
+    problem = None
+    if "\\" in value:
+        problem = "it holds a backslash"
+    elif value.startswith("/") or (len(value) > 1 and value[1] == ":"):
+        problem = "it is an absolute path"
+    elif ".." in value.split("/"):
+        problem = "it climbs out of its folder with '..'"
+    else:
+        for segment in value.split("/"):
+            try:
+                check_name(segment, "segment")
+            except InvalidNameError as err:
+                problem = str(err)
+                break
+    if problem:
+        raise LoomError(f"{what} is {value!r}, which is not a safe artifact path: {problem}. Someone changed it in "
+                        "MLflow; restore it or register the model again")
+    return value
+
+
+def _safe_name(value: object, what: str) -> str:
+    """``value`` (read back from MLflow) if it is a safe name (:func:`runtime.check_name`), else a
+    :class:`LoomError` naming ``what``."""
+    try:
+        return check_name(value, what)
+    except InvalidNameError as err:
+        raise LoomError(f"{err}: it was read back from MLflow, where someone changed it; restore it or register "
+                        "the model again") from None
+
+
 def _listing(items: list[Any]) -> str:
     return ", ".join(map(str, items[:20])) + (f" and {len(items) - 20} more" if len(items) > 20 else "") or "none"
 
@@ -128,12 +170,15 @@ class MlflowRegistry:
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri
         self.artifact_root = artifact_root.rstrip("/") if artifact_root else None
+        #: The stores as messages name them: passwords and credential parameters redacted.
+        self.shown_tracking_uri = redact(tracking_uri)
+        self.shown_registry_uri = redact(registry_uri)
         self._client: MlflowClient | None = None
         self._documents: dict[tuple[str, str], dict[str, Any]] = {}
         self._experiments: dict[str, str] = {}
 
     def __repr__(self) -> str:
-        return f"MlflowRegistry(tracking_uri={self.tracking_uri!r}, registry_uri={self.registry_uri!r})"
+        return f"MlflowRegistry(tracking_uri={self.shown_tracking_uri!r}, registry_uri={self.shown_registry_uri!r})"
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None}
@@ -152,7 +197,7 @@ class MlflowRegistry:
         try:
             yield
         except MlflowException as err:
-            message = f"MLflow at {self.registry_uri}: {doing}: {err.message}"
+            message = f"MLflow at {self.shown_registry_uri}: {doing}: {redact(err.message)}"
             if err.error_code in _MISSING:
                 raise NotFoundError(message) from None
             raise LoomError(message) from None
@@ -240,8 +285,8 @@ class MlflowRegistry:
                 return int(mv.version)
             except MlflowException as err:
                 if attempt == _CREATE_ATTEMPTS - 1 or not _contended(err):
-                    raise LoomError(f"MLflow at {self.registry_uri}: creating a version of model {name!r}: "
-                                    f"{err.message}") from None
+                    raise LoomError(f"MLflow at {self.shown_registry_uri}: creating a version of model {name!r}: "
+                                    f"{redact(err.message)}") from None
                 done = self._find_registration(name, run_id, registration)
                 if done is not None:  # the failed attempt did commit (its answer was lost)
                     return done
@@ -287,7 +332,8 @@ class MlflowRegistry:
         if artifact not in digests:
             raise NotFoundError(f"model {name!r} version {mv.version} has no artifact {artifact!r} "
                                 f"(artifacts: {_listing(sorted(digests))})")
-        data = self._download(mv.run_id, f"{mv.tags[_PATH_TAG]}/{artifact}",
+        run_id, folder = self._folder(mv)
+        data = self._download(run_id, f"{folder}/{artifact}",
                               f"artifact {artifact!r} of model {name!r} version {mv.version}")
         actual = hashlib.sha256(data).hexdigest()
         if actual != digests[artifact]:
@@ -341,8 +387,9 @@ class MlflowRegistry:
             self.client.get_registered_model(name)
         except MlflowException as err:
             if err.error_code not in _MISSING:
-                raise LoomError(f"MLflow at {self.registry_uri}: reading model {name!r}: {err.message}") from None
-            raise NotFoundError(f"no model named {name!r} in the MLflow registry at {self.registry_uri} "
+                raise LoomError(f"MLflow at {self.shown_registry_uri}: reading model {name!r}: "
+                                f"{redact(err.message)}") from None
+            raise NotFoundError(f"no model named {name!r} in the MLflow registry at {self.shown_registry_uri} "
                                 f"(models: {_listing(self.list_models())})") from None
 
     def _live_versions(self, name: str) -> list[Any]:
@@ -365,8 +412,8 @@ class MlflowRegistry:
             return self.client.get_model_version_by_alias(name, ref)
         except MlflowException as err:
             if err.error_code not in _MISSING and "not found" not in err.message.lower():
-                raise LoomError(f"MLflow at {self.registry_uri}: reading model {name!r} {ref}: "
-                                f"{err.message}") from None
+                raise LoomError(f"MLflow at {self.shown_registry_uri}: reading model {name!r} {ref}: "
+                                f"{redact(err.message)}") from None
         if isinstance(ref, int):
             numbers = [int(mv.version) for mv in self._live_versions(name)]
             raise NotFoundError(f"model {name!r} has no version {ref} (versions: {_listing(numbers)})")
@@ -374,17 +421,38 @@ class MlflowRegistry:
         raise NotFoundError(f"model {name!r} has no alias {ref!r} (aliases: "
                             f"{_listing([f'{a} -> {v}' for a, v in sorted(aliases.items())])})")
 
+    def _folder(self, mv: Any) -> tuple[str, str]:
+        """The run id and artifact folder of a version, as its tags and run record say, checked before they make a
+        path: a version registered elsewhere has no folder tag, a tampered one is refused naming the tag."""
+        what = f"model {mv.name!r} version {mv.version} in MLflow"
+        path = mv.tags.get(_PATH_TAG)
+        if path is None:
+            raise LoomError(f"{what} was not registered through Loom (it has no {_PATH_TAG!r} tag); register it "
+                            "with Loom to serve it")
+        return (_safe_name(mv.run_id, f"the run id of {what}"),
+                _safe_path(path, f"the {_PATH_TAG!r} tag of {what}"))
+
     def _document(self, mv: Any) -> dict[str, Any]:
-        key = (mv.run_id, mv.tags.get(_PATH_TAG, ""))
+        key = self._folder(mv)
         if key not in self._documents:
-            if not key[1]:
-                raise LoomError(f"model {mv.name!r} version {mv.version} in MLflow was not registered through Loom "
-                                f"(it has no {_PATH_TAG!r} tag); register it with Loom to serve it")
-            raw = self._download(mv.run_id, f"{key[1]}/{VERSION_DOCUMENT}",
-                                 f"the metadata of model {mv.name!r} version {mv.version}")
+            what = f"the metadata of model {mv.name!r} version {mv.version}"
+            raw = self._download(key[0], f"{key[1]}/{VERSION_DOCUMENT}", what)
+            try:
+                document = json.loads(raw)
+                digests = document["artifacts"]
+                for field in ("params", "metrics", "lineage"):
+                    if not isinstance(document[field], dict):
+                        raise TypeError(f"{field} is not a mapping")
+            except (ValueError, KeyError, TypeError) as err:
+                raise LoomError(f"{what} in MLflow is not a Loom version document ({err}); register the model "
+                                "again") from None
+            if not isinstance(digests, dict):
+                raise LoomError(f"{what} in MLflow lists its artifacts wrongly; register the model again")
+            for artifact in digests:
+                _safe_name(artifact, f"artifact name {artifact!r} in {what}")
             if len(self._documents) >= _CACHE_LIMIT:
                 self._documents.clear()
-            self._documents[key] = json.loads(raw)
+            self._documents[key] = document
         return self._documents[key]
 
     def _version(self, mv: Any, aliases: list[str] | None = None) -> ModelVersion:
@@ -551,8 +619,9 @@ class MlflowRegistry:
             return self.client.get_run(run_id)
         except MlflowException as err:
             if err.error_code in _MISSING:
-                raise NotFoundError(f"no run with id {run_id!r} in MLflow at {self.tracking_uri}") from None
-            raise LoomError(f"MLflow at {self.tracking_uri}: reading run {run_id}: {err.message}") from None
+                raise NotFoundError(f"no run with id {run_id!r} in MLflow at {self.shown_tracking_uri}") from None
+            raise LoomError(f"MLflow at {self.shown_tracking_uri}: reading run {run_id}: "
+                            f"{redact(err.message)}") from None
 
     def _run_info(self, run_id: str) -> Any:
         return self._mlflow_run(run_id).info
@@ -564,7 +633,12 @@ class MlflowRegistry:
 
     def _to_run(self, run: Any) -> Run:
         info, data = run.info, run.data
-        started = float(data.tags.get(_STARTED_TAG, info.start_time / 1000))
+        _safe_name(info.run_id, f"run id {info.run_id!r}")
+        try:
+            started = float(data.tags.get(_STARTED_TAG, info.start_time / 1000))
+        except (TypeError, ValueError):
+            raise LoomError(f"the {_STARTED_TAG!r} tag of run {info.run_id} in MLflow is "
+                            f"{data.tags.get(_STARTED_TAG)!r}, not a time; someone changed it in MLflow") from None
         status = _STATUS.get(info.status, "running")
         ended = None if status == "running" or info.end_time is None else max(started, info.end_time / 1000)
         metrics = {k: (math.nan if v is None else float(v)) for k, v in data.metrics.items()}
@@ -586,8 +660,8 @@ class MlflowRegistry:
             try:
                 local = self.client.download_artifacts(run_id, path, tmp)
             except (MlflowException, OSError) as err:
-                raise LoomError(f"{what} could not be read from MLflow at {self.tracking_uri} ({err}); restore "
-                                "it or register the model again") from None
+                raise LoomError(f"{what} could not be read from MLflow at {self.shown_tracking_uri} ({redact(err)}); "
+                                "restore it or register the model again") from None
             return Path(local).read_bytes()
 
     @staticmethod

@@ -11,9 +11,26 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 
-from runtime import DataValidationError, LoomError
+from runtime import DataValidationError, LoomError, redact
 
 from ._hash import RowMultisetHash
+
+
+#: Passwords shorter than this are not searched for in the driver's messages: replacing every "ab" would garble
+#: them, and URLs (where a password is masked whatever its length) are redacted anyway.
+_MIN_SCRUBBED = 4
+
+
+def scrub(text: str, password: str | None) -> str:
+    """A driver's message fit to show: URLs and credential parameters redacted (:func:`runtime.redact`), and the
+    connection's password masked wherever else it appears (a driver may echo its connection string)."""
+    text = redact(text)
+    if password and len(password) >= _MIN_SCRUBBED:
+        from urllib.parse import quote
+
+        for form in {password, quote(password, safe=""), quote(password)}:
+            text = text.replace(form, "***")
+    return text
 
 
 def _column(values: Sequence[Any]) -> pd.Series:
@@ -43,12 +60,15 @@ class SqlSource:
     :meth:`fingerprint` after a read describes exactly the data read, at no extra cost."""
 
     uri: str
+    """The URL as shown: any password and credential parameter redacted (the engine holds the real one)."""
     engine: sa.engine.Engine
     sql: str
     shown: str
-    """The URL with any password hidden, for messages."""
+    """The URL with any password hidden, for messages (the same as :attr:`uri`)."""
     since_column: str | None = None
     watermark: pd.Timestamp | None = None
+    password: str | None = field(default=None, repr=False)
+    """The connection's password, only to mask it in the driver's messages."""
     _fingerprint: str | None = field(default=None, repr=False)
 
     # -- the DataSource protocol ---------------------------------------------------------------------------
@@ -121,5 +141,5 @@ class SqlSource:
                 result = conn.execution_options(**options).execute(sa.text(sql), params)
                 yield list(result.keys()), result.partitions(batch_size)
         except sa.exc.SQLAlchemyError as err:
-            reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-            raise LoomError(f"data source {self.shown}: the query failed: {reason}") from None
+            lines = str(getattr(err, "orig", None) or err).strip().splitlines() or [type(err).__name__]
+            raise LoomError(f"data source {self.shown}: the query failed: {scrub(lines[0], self.password)}") from None

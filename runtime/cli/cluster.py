@@ -9,6 +9,7 @@ import time
 import click
 
 from ..errors import LoomError
+from ..secrets import redact
 from ._common import console, open_project, project_option
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -24,7 +25,7 @@ def _client(address: str | None):
     try:
         return JobSubmissionClient(address)
     except Exception as err:  # noqa: BLE001 - connection errors come in many types
-        raise LoomError(f"cannot reach the Ray Jobs API at {address}: {err}") from None
+        raise LoomError(f"cannot reach the Ray Jobs API at {redact(address)}: {redact(err)}") from None
     finally:
         if previous is None:
             os.environ.pop("RAY_API_SERVER_ADDRESS", None)
@@ -60,7 +61,7 @@ def submit(project: str, address: str | None, stage: str, state_dir: str | None,
             raise LoomError(f"job {job_id} ended {status}: the head node has no `loom` command on PATH. Install "
                             "Loom in the nodes' Python environment and start `ray start` from it (an activated "
                             "venv, or a Ray image with Loom installed).")
-        raise LoomError(f"job {job_id} ended {status}: {message}".strip())
+        raise LoomError(f"job {job_id} ended {status}: {redact(message)}".strip())
     click.echo(job_id)
 
 
@@ -73,7 +74,7 @@ def _submit(client, *, timeout_s: float = 120, **job) -> str:
             return client.submit_job(**job)
         except RuntimeError as err:
             if "No available agent" not in str(err) or time.monotonic() > deadline:
-                raise LoomError(f"the cluster refused the job: {err}") from None
+                raise LoomError(f"the cluster refused the job: {redact(err)}") from None
             time.sleep(2)
 
 

@@ -13,6 +13,7 @@ import click
 from rich.table import Table
 
 from ..errors import ConfigError, NotFoundError
+from ..secrets import redact
 from ._common import console, json_option, out, print_json, project_option
 
 
@@ -71,7 +72,7 @@ def list_(project: str) -> None:
     defs = pipe.project.config.feature_definitions
     table = Table("view", "entity", "timestamp", "features", "ttl", "source")
     for name, view in defs.views.items():
-        source = defs.sources[name].uri if name in defs.sources else pipe.project.config.data.source
+        source = redact(defs.sources[name].uri if name in defs.sources else pipe.project.config.data.source)
         table.add_row(name, view.entity, view.timestamp, ", ".join(view.features), str(view.ttl or "-"), source)
     out.print(table)
     for name, service in {**defs.services, defs.service.name: defs.service}.items():

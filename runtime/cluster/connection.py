@@ -6,6 +6,7 @@ import logging
 import os
 from typing import Any
 
+from ..secrets import redact_error
 from .ingress import configure_environment
 from .ports import free_port
 
@@ -29,7 +30,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict[
         common: dict[str, Any] = {"namespace": "loom", "logging_level": logging.WARNING,
                                   "log_to_driver": os.environ.get("LOOM_RAY_LOGS", "") not in ("", "0")}
         if address:
-            ray.init(address=address, **common)
+            try:
+                ray.init(address=address, **common)
+            except Exception as err:  # noqa: BLE001 - Ray's messages quote the address, which may hold credentials
+                redact_error(err)
+                raise
         else:
             configure_environment()  # HAProxy ingress for Ray Serve; read by every process of the cluster
             # Ray 2.60 turns token authentication on for every new local cluster and warns about it on each start;
