@@ -28,6 +28,7 @@ from .registry import (
     check_artifact_name,
     parse_ref,
 )
+from .files import fsync_dir, write_atomic
 from .secrets import redact, redact_data
 from .storage_checks import check_local_filesystem
 from .tracking import (
@@ -113,6 +114,7 @@ __all__ = [
     "hash_files",
     "hash_frame",
     "hookimpl",
+    "fsync_dir",
     "load_project",
     "parse_config",
     "parse_ref",
@@ -121,5 +123,6 @@ __all__ = [
     "resolve_path",
     "split_uri",
     "validate_batches",
+    "write_atomic",
     "validate_frame",
 ]

@@ -10,7 +10,8 @@ version's tags (``loom models show``).
 It runs on the driver, not in a Serve replica: training needs Ray Train workers and minutes of CPU, which must not
 come out of a serving replica's budget or die with it; the driver already holds the project, the registry and the
 cluster connection that ``loom deploy``/``promote``/``rollback`` use. The loop's state (the canary being judged)
-is a JSON file in the capture store, so a restarted ``loom loop`` picks up where it left off.
+is a JSON file in the capture store, written atomically (a temporary file, fsync, rename), so a restarted
+``loom loop`` picks up where it left off and a crash mid-write leaves the previous state, never half of one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pandas as pd
 
 from .config import Project
 from .errors import LoomError
+from .files import write_atomic
 from .monitoring import QualityMonitor
 
 log = logging.getLogger("loom.loop")
@@ -46,11 +48,18 @@ class RetrainLoop:
     # -- state -----------------------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        return json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        if not self.state_file.exists():
+            return {}
+        try:
+            state = json.loads(self.state_file.read_text())
+        except ValueError as err:
+            raise LoomError(f"the loop's state file {self.state_file} is not JSON ({err}); fix or remove it") from None
+        if not isinstance(state, dict):
+            raise LoomError(f"the loop's state file {self.state_file} holds no JSON object; fix or remove it")
+        return state
 
     def _save(self, state: dict[str, Any]) -> None:
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        self.state_file.write_text(json.dumps(state, indent=1))
+        write_atomic(self.state_file, json.dumps(state, indent=1).encode())
 
     def _log(self, version: int, step: str, **tags: Any) -> None:
         log.info("loop %s v%d: %s %s", self.model, version, step, tags or "")
@@ -168,8 +177,7 @@ class RetrainLoop:
 
     def _save_report(self, version: int, report: dict[str, Any]) -> Path:
         path = self.root / "loop" / f"{self.model}-v{version}-drift-{report['id']}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1, default=str))
+        write_atomic(path, json.dumps(report, indent=1, default=str).encode())
         return path
 
     def run(self, interval_s: float, *, max_steps: int | None = None) -> None:

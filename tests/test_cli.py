@@ -82,6 +82,14 @@ def test_positional_and_option_forms_name_the_same_project(name: str, tmp_path: 
     assert code == 2 and "two projects given" in output and not seen
 
 
+def test_rollout_steps_take_an_expected_generation() -> None:
+    for name in ("promote", "rollback", "canary", "scale-to-zero"):
+        [option] = [p for p in cli.commands[name].params if p.name == "expect_generation"]
+        assert option.opts == ["--expect-generation"] and not option.required and "generation" in option.help
+    [force] = [p for p in cli.commands["models"].commands["delete"].params if p.name == "force"]
+    assert force.is_flag and "serves" in force.help
+
+
 def test_models_take_the_option_only(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["models", "list", str(tmp_path)])
     assert result.exit_code == 2 and "unexpected extra argument" in result.output

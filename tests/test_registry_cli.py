@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,10 +27,17 @@ def _only_registry_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")
 
 
-def _project(root: Path, registry: dict | None = None) -> Path:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _project(root: Path, registry: dict | None = None, port: int | None = None) -> Path:
     cfg = yaml.safe_load(QUICKSTART.read_text())
     if registry is not None:
         cfg["registry"] = registry
+    cfg["serving"]["port"] = port or _free_port()  # nothing serves it: `models delete` finds nothing running
     root.mkdir(parents=True, exist_ok=True)
     (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return root
@@ -81,6 +92,49 @@ def test_models_alias_and_delete(project: Path) -> None:
     _loom("models", "delete", "churn", "1", "--yes", "-p", str(project))
     versions = json.loads(_loom("models", "versions", "churn", "-p", str(project), "--json"))
     assert [v["version"] for v in versions] == [2]
+
+
+class _Routes(BaseHTTPRequestHandler):
+    """A served application's ``GET /models``: ``churn`` v2 primary, v1 canary; anything else: a 500 page."""
+
+    table = {"generation": 3, "models": {"churn": {"primary": 2, "canary": 1, "canary_percent": 10, "aliases": {},
+                                                   "standby": []}}}
+    broken = False
+
+    def do_GET(self) -> None:
+        ok = self.path == "/models" and not _Routes.broken
+        body = json.dumps(self.table).encode() if ok else b"<html><h1>500 Internal Server Error</h1></html>"
+        self.send_response(200 if ok else 500)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def served_port() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Routes)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    _Routes.broken = False
+
+
+def test_models_delete_refuses_a_served_version_unless_forced(project: Path, served_port: int) -> None:
+    cfg = yaml.safe_load((project / "loom.yaml").read_text())
+    cfg["serving"]["port"] = served_port
+    (project / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    refused = CliRunner().invoke(cli, ["models", "delete", "churn", "1", "--yes", "-p", str(project)])
+    text = " ".join(refused.output.split())
+    assert refused.exit_code == 1 and "Traceback" not in text
+    assert "churn version 1 is being served" in text and "canary (10% of traffic)" in text and "--force" in text
+    _Routes.broken = True  # cannot tell: refused too
+    refused = CliRunner().invoke(cli, ["models", "delete", "churn", "1", "--yes", "-p", str(project)])
+    assert refused.exit_code == 1 and "cannot tell whether churn version 1 is being served" in refused.output
+    _loom("models", "delete", "churn", "1", "--yes", "--force", "-p", str(project))
+    assert [v["version"] for v in json.loads(_loom("models", "versions", "churn", "-p", str(project), "--json"))] == [2]
 
 
 def test_errors_are_short_messages(project: Path) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -95,9 +96,12 @@ class EvidentlyMonitor:
     def html_report(
         self, reference: pd.DataFrame, current: pd.DataFrame, *, numerical: list[str], categorical: list[str]
     ) -> str:
-        """Evidently's standalone HTML report of the same comparison as :meth:`check` (same errors)."""
+        """Evidently's standalone HTML report of the same comparison as :meth:`check` (same errors). The data it
+        embeds (served values included) is escaped so that no value can end its <script> element.
+
+        :raises runtime.LoomError: also when Evidently's page does not have the one data block expected."""
         snapshot = self._run(reference, current, numerical=numerical, categorical=categorical)
-        return snapshot.get_html_str(as_iframe=False)
+        return _escape_embedded_data(snapshot.get_html_str(as_iframe=False))
 
     def data_quality(self, current: pd.DataFrame, *, schema: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Per input column, Evidently's counts of missing values, numbers outside the declared ``min``/``max`` and
@@ -258,6 +262,46 @@ class EvidentlyMonitor:
                 "n_columns": len(columns),
             },
         )
+
+
+# Evidently's standalone report (evidently/legacy/utils/dashboard.py ``file_html_template``) embeds the report's data
+# as two ``json.dumps`` results, one per line, in one <script> element of the <head>. json.dumps leaves ``<``, ``>``
+# and ``&`` as they are, so a served string value holding ``</script>`` would close that element and the rest of
+# the value would run as script. ``json.dumps`` (ensure_ascii) never writes a raw newline, so each line below is
+# exactly one JSON document.
+_DATA_BLOCK = re.compile(
+    r"<script>\n(?P<indent>[ \t]*)var (?P<id>[A-Za-z_][A-Za-z0-9_]*) = (?P<info>[^\n]*);\n"
+    r"(?P<indent2>[ \t]*)var additional_graphs_(?P=id) = (?P<graphs>[^\n]*);\n</script>")
+_JS_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_JS_UNSAFE_RE = re.compile("[<>&\u2028\u2029]")
+
+
+def _script_safe(json_text: str) -> str:
+    """``json_text`` with ``<``, ``>``, ``&``, U+2028 and U+2029 written as ``\\uXXXX`` escapes: the same JSON value
+    (these characters appear only inside JSON strings, where the escapes mean the same), and nothing that can end
+    a <script> element or a JavaScript line."""
+    return _JS_UNSAFE_RE.sub(lambda m: _JS_UNSAFE[m.group()], json_text)
+
+
+def _escape_embedded_data(html: str) -> str:
+    """Evidently's standalone HTML report with its embedded data made safe to hold any served value.
+
+    :raises runtime.LoomError: the report does not have exactly one data block of the expected shape (a changed
+        Evidently template): the report is refused rather than served with its data unescaped.
+    """
+    blocks = list(_DATA_BLOCK.finditer(html))
+    if len(blocks) != 1:
+        import evidently
+
+        raise LoomError(f"Evidently {evidently.__version__}'s HTML report has {len(blocks)} embedded data blocks of "
+                        f"the expected shape, not one; refusing to serve it without escaping its data")
+    m = blocks[0]
+    for group in ("info", "graphs"):
+        json.loads(m.group(group))  # each really is one JSON document, or the escaping below could change code
+    block = (f"<script>\n{m.group('indent')}var {m.group('id')} = {_script_safe(m.group('info'))};\n"
+             f"{m.group('indent2')}var additional_graphs_{m.group('id')} = {_script_safe(m.group('graphs'))};\n"
+             f"</script>")
+    return html[:m.start()] + block + html[m.end():]
 
 
 def _number(options: dict[str, Any], key: str) -> float | None:

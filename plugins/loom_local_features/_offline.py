@@ -21,7 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._schema import fsync_dir
+from runtime import fsync_dir
+
 
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"

@@ -27,6 +27,7 @@ from runtime import (
     NotFoundError,
     check_local_filesystem,
     check_name,
+    write_atomic,
 )
 
 from ._offline import SEQ, OfflineStore, Part
@@ -35,7 +36,6 @@ from ._schema import (
     ENTITY_TYPES,
     ViewRecord,
     arrow_type,
-    atomic_write_bytes,
     coerce_column,
     coerce_entity,
     infer_type,
@@ -247,7 +247,7 @@ class LocalFeatureStore:
         return ViewRecord.from_json(text, file)
 
     def _save_record(self, record: ViewRecord) -> None:
-        atomic_write_bytes(self._view_file(record.view.name), record.to_json().encode("utf-8"))
+        write_atomic(self._view_file(record.view.name), record.to_json().encode("utf-8"))
 
     def _state(self, name: str) -> _ViewState:
         """The cached state of view ``name``, re-read if its file changed (cheap: one ``stat``)."""
@@ -321,7 +321,7 @@ class LocalFeatureStore:
         file = self.path / "services" / f"{name}.json"
         with self._meta_lock():
             if not file.exists() or file.read_bytes() != data:
-                atomic_write_bytes(file, data)
+                write_atomic(file, data)
 
     def list_services(self) -> list[str]:
         """Names of all applied feature services, sorted."""

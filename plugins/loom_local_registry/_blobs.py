@@ -12,27 +12,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import uuid
 from contextlib import suppress
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from runtime import ConfigError, LoomError
+from runtime import ConfigError, LoomError, fsync_dir, write_atomic
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 #: Blobs are immutable once written; read-only permissions guard against accidental edits in place.
 _BLOB_MODE = 0o444
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a rename, a new subdirectory) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _makedirs_durable(path: Path) -> None:
@@ -42,7 +32,7 @@ def _makedirs_durable(path: Path) -> None:
     _makedirs_durable(path.parent)
     with suppress(FileExistsError):  # another process got there first
         path.mkdir()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class Blobs(Protocol):
@@ -110,19 +100,7 @@ class BlobStore:
         if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == digest:
             return digest  # already stored; a damaged copy falls through and is replaced
         _makedirs_durable(path.parent)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{digest[:12]}-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, _BLOB_MODE)
-            os.replace(tmp, path)
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
+        write_atomic(path, data, mode=_BLOB_MODE)
         return digest
 
     def read(self, digest: str, what: str) -> bytes:

@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from .._version import __version__
 from ..errors import LoomError
+from ..secrets import redact
 from . import lifecycle, serving
 from ._common import console
 from .cluster import submit
@@ -38,7 +39,7 @@ class LoomGroup(click.Group):
         try:
             get_plugins().call("loom_register_commands", cli=self)
         except LoomError as err:
-            console.print(f"[yellow]warning:[/] {err}")
+            console.print(f"[yellow]warning:[/] {redact(err)}")
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load_plugin_commands()
@@ -55,7 +56,7 @@ class LoomGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LoomError as err:
-            console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(redact(err))}", highlight=False)
             sys.exit(1)
 
 

@@ -94,7 +94,9 @@ def serve_forever(project: Project, url: str) -> None:
         out.print(f"\n[bold green]Serving[/] {model} at {url}  (Ctrl-C to stop)\nTry it:\n")
         if example:
             out.print(f"  {example}\n", soft_wrap=True, highlight=False)
-        out.print(f"  curl -s {url}/v2/models/{model}\n", soft_wrap=True, highlight=False)
+        env = project.config.serving.auth_token_env
+        auth = f"-H \"Authorization: Bearer ${env}\" " if env else ""
+        out.print(f"  curl -s {auth}{url}/v2/models/{model}\n", soft_wrap=True, highlight=False)
         # Short sleeps: Ray's threads can receive the SIGINT, and Python then only raises KeyboardInterrupt once
         # the main thread runs bytecode again, so one long sleep would ignore Ctrl-C for up to its length.
         while True:
@@ -120,7 +122,9 @@ def curl_example(project: Project, url: str) -> str | None:
     if ref is None:
         return None
     record = json.loads(ref.drop(columns=["prediction"], errors="ignore").head(1).to_json(orient="records"))
-    return (f"curl -s -X POST {url}/predict/{mv.name} -H 'Content-Type: application/json' "
+    env = project.config.serving.auth_token_env
+    auth = f"-H \"Authorization: Bearer ${env}\" " if env else ""  # the variable's name, never its value
+    return (f"curl -s -X POST {url}/predict/{mv.name} -H 'Content-Type: application/json' {auth}"
             f"-d '{json.dumps(record)}'")
 
 

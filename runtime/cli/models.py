@@ -17,7 +17,7 @@ from rich.table import Table
 from ..errors import LoomError
 from ..registry import LATEST, ModelRegistry, ModelVersion, check_alias, parse_ref
 from ..tracking import Run, Tracker, compare_runs
-from ._common import json_option, out, print_json, project_option
+from ._common import json_option, open_project, out, print_json, project_option
 
 
 def _registry(project: str) -> ModelRegistry:
@@ -189,17 +189,50 @@ def models_alias(name: str, alias: str, version: int | None, delete: bool, proje
 @click.argument("name")
 @click.argument("version", type=int)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Delete the version even while the project's application serves it.")
 @project_option()
-def models_delete(name: str, version: int, yes: bool, project: str) -> None:
-    """Delete VERSION of model NAME and the aliases pointing at it (its number is never reused)."""
+def models_delete(name: str, version: int, yes: bool, force: bool, project: str) -> None:
+    """Delete VERSION of model NAME and the aliases pointing at it (its number is never reused).
+
+    Refused while the project's running application serves VERSION (as primary, canary or standby) unless --force.
+    """
     registry = _registry(project)
     v = registry.get_version(name, version)
+    if not force:
+        _refuse_if_served(project, name, version)
     if v.aliases and not yes:
         click.confirm(f"{name} version {version} is {', '.join(v.aliases)}; delete it anyway?", abort=True)
     elif not yes:
         click.confirm(f"delete {name} version {version}?", abort=True)
     registry.delete_version(name, version)
     out.print(f"deleted {name} version {version}")
+
+
+def _refuse_if_served(project: str, name: str, version: int) -> None:
+    """Raise when the project's running application serves ``version`` of ``name`` (nothing running: fine)."""
+    from ..serving import RoutingTable, ServingClient
+
+    client = ServingClient.for_project(open_project(project), timeout_s=10)
+    try:
+        served = client.running_routes()
+    except LoomError as err:
+        raise LoomError(f"cannot tell whether {name} version {version} is being served ({err}); "
+                        "pass --force to delete it anyway") from None
+    if served is None:
+        return
+    try:
+        routes = RoutingTable.from_config(served).models.get(name)
+    except LoomError as err:
+        raise LoomError(f"cannot tell whether {name} version {version} is being served ({client.url}/models: "
+                        f"{err}); pass --force to delete it anyway") from None
+    if routes is None or version not in routes.live:
+        return
+    how = ("the primary" if version == routes.primary else
+           f"the canary ({routes.canary_percent}% of traffic)" if version == routes.canary else
+           "on standby (loaded for an instant rollback)")
+    raise LoomError(f"{name} version {version} is being served at {client.url}, as {how}; take it out of serving "
+                    f"first (loom rollback, loom scale-to-zero --version {version}) or pass --force to delete it "
+                    "anyway")
 
 
 # -- loom runs --------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """``loom monitor MODEL``: a drift check of a served model's traffic against its training reference, as a table.
 
-It asks the served application through :class:`runtime.serving.ServingClient`, so it sends the project's bearer
-token (``serving.auth_token_env``) and reports any failure as a short message.
+It asks the served application through :class:`runtime.serving.ServingClient`, so it sends the project's operator
+token (``LOOM_TOKEN``, else ``serving.operator_token_env``, else ``serving.auth_token_env``) and reports any failure,
+a reply it cannot read included, as a short message.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.table import Table
 
+from ..errors import LoomError
 from ._common import has_project_file, json_option, open_project, out, print_json, project_option
 
 #: Where a served application answers by default (serving.host and serving.port), asked outside of a project.
@@ -36,10 +38,19 @@ def _client(project: str, url: str | None) -> ServingClient:
 @json_option("Print the raw JSON report.")
 def monitor(model: str, project: str, url: str | None, as_json: bool) -> None:
     """Check served traffic of MODEL for drift against its training reference."""
-    report = _client(project, url).drift(model)
+    client = _client(project, url)
+    report = client.drift(model)
     if as_json:
         print_json(report)
         return
+    try:
+        _print_report(model, report)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise LoomError(f"{client.url} answered a drift report of {model} that Loom cannot read "
+                        f"({type(err).__name__}: {err}); print it with --json") from None
+
+
+def _print_report(model: str, report: dict) -> None:
     verdict = "[red]DRIFT[/]" if report["drifted"] else "[green]no drift[/]"
     out.print(f"{model} v{report['version']}: {verdict} — {report['share_drifted']:.0%} of columns drifted "
               f"({report['n_current']} served rows vs {report['n_reference']} reference rows)")

@@ -4,7 +4,8 @@
 
 They act on the Ray cluster that serves the project: ``--address``, else ``RAY_ADDRESS``, else the cluster
 running on this machine (the one ``loom up`` / ``loom deploy`` started). Each change is applied in place on the
-live replicas; no request is dropped.
+live replicas; no request is dropped. A change is refused when the routing table changed since it was read (or is
+not at ``--expect-generation``), and the registry alias moves only once the new table serves.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from ._common import console, json_option, out, print_json, project_option, serv
 _address = click.option("--address", help="Ray cluster to act on (default: $RAY_ADDRESS, else the cluster "
                                           "running on this machine).")
 _model = click.option("--model", "model", help="Model to act on (default: the project's model.name).")
+_expect = click.option("--expect-generation", "expect_generation", type=click.IntRange(min=0), metavar="N",
+                       help="Refuse unless the routing table is at generation N (see `loom routes`).")
 
 
 def _on_model(f):
-    """A rollout of one model: the project (``[PROJECT]`` or ``-p``), ``--model`` and ``--address``."""
-    return project_option(positional=True)(_model(_address(f)))
+    """A rollout of one model: the project (``[PROJECT]`` or ``-p``), ``--model``, ``--address`` and
+    ``--expect-generation``."""
+    return project_option(positional=True)(_model(_address(_expect(f))))
 
 
 def _target(project: str, model: str | None, address: str | None) -> tuple[Project, str]:
@@ -49,24 +53,24 @@ def _show(proj: Project) -> None:
 
 @click.command()
 @_on_model
-def promote(project: str, model: str | None, address: str | None) -> None:
-    """Give the running canary all traffic and point the registry's serving alias at it."""
+def promote(project: str, model: str | None, address: str | None, expect_generation: int | None) -> None:
+    """Give the running canary all traffic, then point the registry's serving alias at it."""
     from ..serving import promote as promote_
 
     proj, name = _target(project, model, address)
-    version = promote_(proj, name)
+    version = promote_(proj, name, expect_generation=expect_generation)
     console.print(f"[green]✓[/] {name} v{version} takes all traffic and is {proj.config.registry.alias!r}")
     _show(proj)
 
 
 @click.command()
 @_on_model
-def rollback(project: str, model: str | None, address: str | None) -> None:
+def rollback(project: str, model: str | None, address: str | None, expect_generation: int | None) -> None:
     """Abort the running canary, or give all traffic back to the previous version."""
     from ..serving import rollback as rollback_
 
     proj, name = _target(project, model, address)
-    version = rollback_(proj, name)
+    version = rollback_(proj, name, expect_generation=expect_generation)
     console.print(f"[green]✓[/] {name} v{version} takes all traffic")
     _show(proj)
 
@@ -74,24 +78,26 @@ def rollback(project: str, model: str | None, address: str | None) -> None:
 @click.command()
 @_on_model
 @click.argument("percent", type=click.IntRange(1, 99))
-def canary(project: str, percent: int, model: str | None, address: str | None) -> None:
+def canary(project: str, percent: int, model: str | None, address: str | None,
+           expect_generation: int | None) -> None:
     """Set the share of traffic (1-99 %) the running canary takes."""
     from ..serving import set_canary
 
     proj, name = _target(project, model, address)
-    set_canary(proj, name, percent)
+    set_canary(proj, name, percent, expect_generation=expect_generation)
     _show(proj)
 
 
 @click.command("scale-to-zero")
 @_on_model
 @click.option("--version", type=int, help="Unload this standby version (default: stop serving the model).")
-def scale_to_zero(project: str, version: int | None, model: str | None, address: str | None) -> None:
+def scale_to_zero(project: str, version: int | None, model: str | None, address: str | None,
+                  expect_generation: int | None) -> None:
     """Unload a model version that takes no traffic, or stop serving the model altogether."""
     from ..serving import scale_to_zero as scale_
 
     proj, name = _target(project, model, address)
-    scale_(proj, name, version)
+    scale_(proj, name, version, expect_generation=expect_generation)
     console.print(f"[green]✓[/] {name}{f' v{version}' if version else ''} unloaded")
     _show(proj)
 

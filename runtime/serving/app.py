@@ -50,7 +50,8 @@ HTML_CSP = ("sandbox allow-scripts; default-src 'none'; script-src 'unsafe-inlin
 
 
 def route_scope(path: str) -> str:
-    """The scope of a path (after the route prefix): :data:`OPEN`, :data:`INFERENCE` or :data:`OPERATOR`."""
+    """The scope of a path (after the route prefix): :data:`OPEN` (for GET and HEAD), :data:`INFERENCE` or
+    :data:`OPERATOR`."""
     if path in PROBES:
         return OPEN
     if path in _INFERENCE_PATHS:
@@ -96,14 +97,18 @@ class _Call:
     def __init__(self, supplied: bytes | None):
         self.target: LoadedVersion | None = None
         self.request_id = new_request_id()
-        self.client_id = (supplied.decode("latin-1") if supplied and len(supplied) <= 128 and supplied.isascii()
-                          and supplied.decode("latin-1").isprintable() else "")
+        self.client_id = _client_id(supplied.decode("latin-1")) if supplied else ""
 
     def client(self, protocol_id: str | None = None) -> str:
-        """The client's id of the request (the header's, else ``protocol_id``), at most 128 characters."""
+        """The client's id of the request (the header's, else ``protocol_id``): printable ASCII of at most 128
+        characters, else none (it is echoed in a header)."""
         if not self.client_id and protocol_id:
-            self.client_id = str(protocol_id)[:128]
+            self.client_id = _client_id(protocol_id)
         return self.client_id
+
+
+def _client_id(value: str) -> str:
+    return value if len(value) <= 128 and value.isascii() and value.isprintable() else ""
 
 
 def _dumps(obj: Any) -> bytes:
@@ -168,13 +173,16 @@ class LoomApp:
 
     def _guard(self, method: str, path: str, headers: dict[bytes, bytes]) -> tuple[int, str, list] | None:
         """The answer to a request refused before routing (host, token, content type, origin, length), or None."""
-        if self.allowed_hosts:
+        probe = path in PROBES and method in ("GET", "HEAD")
+        if self.allowed_hosts and not probe:  # a kubelet probes by the pod's IP
             host = headers.get(b"host", b"").decode("latin-1")
             name = _host_name(host).lower()
             if not any(name == h or h == "*" or (h.startswith("*.") and name.endswith(h[1:]))
                        for h in self.allowed_hosts):
                 return 400, f"host {host[:80]!r} is not served here (serving.allowed_hosts)", []
-        scope = OPEN if path in self.public_paths else route_scope(path)
+        scope = OPEN if probe or path in self.public_paths else route_scope(path)
+        if scope == OPEN and path in PROBES and not probe:
+            scope = OPERATOR
         if scope != OPEN:
             needed = self._operator if scope == OPERATOR else self._inference
             if needed is not None:

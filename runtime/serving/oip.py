@@ -141,7 +141,8 @@ def _decode_fixed(raw: memoryview, name: str, dtype: str, count: int) -> np.ndar
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if header_length is None:
         return body, memoryview(b"")
-    if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
+    if (len(header_length) > 19 or not (header_length.isascii() and header_length.isdigit())
+            or int(header_length) > len(body)):
         raise RequestError(400, f"Inference-Header-Content-Length {header_length[:40]!r} must be a byte count within "
                                 f"the body ({len(body)} bytes)")
     n = int(header_length)

@@ -6,6 +6,16 @@ deployment's ``user_config``: a rollout step reads the table from the running re
 redeploys with it. The deployment's code version is pinned to what the replicas run, so Serve applies the change as
 a lightweight update: ``reconfigure()`` on the live replicas, which load new versions before switching. Nothing
 restarts and no request is dropped.
+
+A step is transactional as far as two systems allow:
+
+- it starts from the table it read (generation G) and, right before applying, checks that Serve's target table is
+  still at G (:func:`_check_generation`), so two operators' steps never silently overwrite each other; a caller can
+  also pin G (``expect_generation``, ``--expect-generation``);
+- it never starts from a table it could not read (:func:`current_table` raises; only an application that is not
+  running has the empty table), since a step from an empty table would unload the standby and canary versions;
+- serving changes first and the registry alias follows only once the new table serves; when moving the alias fails,
+  the previous table is applied again (as a newer generation) and the error says so.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -27,9 +38,9 @@ from ..model import ModelBundle
 from ..names import check_name
 from ..plugins import get_plugins
 from .app import LoomApp
-from .client import ServingClient, serving_token, url_of
+from .client import ServingClient, served_tokens, url_of
 from .routing import RoutingTable
-from .server import ModelServer
+from .server import ModelServer, check_exposure
 
 log = logging.getLogger("loom.serving")
 
@@ -38,19 +49,26 @@ log = logging.getLogger("loom.serving")
 class LoomIngress:
     """A Serve replica: builds its own plugin manager; :meth:`reconfigure` loads the versions the table names."""
 
-    def __init__(self, root: str, token: str | None):
+    def __init__(self, root: str, token: str | None, operator_token: str | None = None):
         try:
             replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 - outside a replica (local testing mode)
             replica = ""
-        self.server = ModelServer.from_project(root, token=token, replica=replica)
+        self.server = ModelServer.from_project(root, token=token, operator_token=operator_token, replica=replica)
         self._loom_app = LoomApp(self.server)  # with the replica's drift checks and their schedule (`app` is Serve's)
 
     def __serve_build_asgi_app__(self) -> LoomApp:
         return self._loom_app
 
     async def reconfigure(self, config: dict) -> None:
-        await self.server.reconfigure(RoutingTable.from_config(config))
+        # Serve's user_config cannot be refused here (a raise fails the replica, not the step): stale tables are
+        # refused driver-side, before they reach Serve (_check_generation). Generations only grow while the
+        # application lives, so a step back is worth a line in the replica's log.
+        table = RoutingTable.from_config(config)
+        if 0 < table.generation < self.server.table.generation:
+            log.warning("routing table generation %d replaces the newer %d", table.generation,
+                        self.server.table.generation)
+        await self.server.reconfigure(table)
 
     def routes(self) -> dict:
         """The routing table this replica serves (what rollout steps start from)."""
@@ -66,9 +84,10 @@ def app_name(project: Project) -> str:
     return check_name(f"loom-{project.config.name}", "project name")
 
 
-def _code_version(project: Project, token: str | None) -> str:
-    """Changes when what a replica runs changes (Loom's code, the project, the token), not with the routing table."""
-    h = hashlib.sha256(f"{__version__}\0{project.root}\0{token or ''}".encode())
+def _code_version(project: Project, token: str | None, operator_token: str | None = None) -> str:
+    """Changes when what a replica runs changes (Loom's code, the project, the tokens), not with the routing
+    table."""
+    h = hashlib.sha256(f"{__version__}\0{project.root}\0{token or ''}\0{operator_token or ''}".encode())
     for module in sorted((f for f in resources.files(__package__).iterdir() if f.name.endswith(".py")),
                          key=lambda f: f.name):
         h.update(module.read_bytes())
@@ -97,12 +116,65 @@ def _quiet_serve_logs() -> None:
 
 
 def current_table(project: Project) -> RoutingTable:
-    """The routing table the project's running application serves (empty when it is not running)."""
+    """The routing table the project's running application serves: empty when the application is not running;
+    any other failure to read it is a :class:`LoomError` (a step from an empty table would unload every standby
+    and canary version)."""
+    name = app_name(project)
     try:
-        handle = serve.get_app_handle(app_name(project))
-    except Exception:  # noqa: BLE001 - Serve, or the application, is not running
+        apps = serve.status().applications
+    except Exception as err:  # noqa: BLE001 - in Loom's words
+        raise LoomError(f"cannot ask Ray Serve whether {name!r} is running ({err!r})") from None
+    if name not in apps:
         return RoutingTable()
-    return RoutingTable.from_config(handle.routes.remote().result(timeout_s=60))
+    try:
+        return RoutingTable.from_config(serve.get_app_handle(name).routes.remote().result(timeout_s=60))
+    except Exception as err:  # noqa: BLE001 - in Loom's words, never an empty table
+        state = getattr(apps[name], "status", "unknown")
+        raise LoomError(f"cannot read the routing table of the running application {name!r} (status {state}): "
+                        f"{_short(err)}; nothing was changed (a rollout from an empty table would unload its "
+                        "other versions)") from None
+
+
+def _short(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:limit] + ("…" if len(text) > limit else "")
+
+
+def _target_generation(project: Project) -> int:
+    """The generation of the table Serve's controller holds as the ingress deployment's target ``user_config``:
+    the newest one applied by anyone, even before every replica has it (0: the application is not running)."""
+    from ray.serve.context import _get_global_client
+
+    name = app_name(project)
+    try:
+        client = _get_global_client(raise_if_no_controller_running=False)
+        details = {} if client is None else client.get_serve_details()
+    except Exception as err:  # noqa: BLE001 - in Loom's words
+        raise LoomError(f"cannot ask Ray Serve for the routing table of {name!r} ({err!r})") from None
+    app = (details.get("applications") or {}).get(name)
+    if app is None:
+        return 0
+    config = ((app.get("deployments") or {}).get("ingress") or {}).get("deployment_config") or {}
+    if isinstance(config.get("user_config"), Mapping):
+        return int(config["user_config"].get("generation", 0))
+    return current_table(project).generation  # still deploying: what its replicas serve
+
+
+def _check_generation(project: Project, expected: int, action: str) -> None:
+    """Refuse to apply a step computed from generation ``expected`` when the table has moved on since."""
+    now = _target_generation(project)
+    if now != expected:
+        raise LoomError(f"the routing table changed while {action} (generation {expected} -> {now}); nothing was "
+                        "changed by this command: re-run it")
+
+
+def _read(project: Project, expect_generation: int | None, action: str) -> RoutingTable:
+    """The table a step starts from, at the generation the caller expects (when it pins one)."""
+    table = current_table(project)
+    if expect_generation is not None and table.generation != expect_generation:
+        raise LoomError(f"the routing table is at generation {table.generation}, not {expect_generation} as "
+                        f"expected for {action}; nothing was changed: check `loom routes` and re-run")
+    return table
 
 
 def deployment_options(project: Project, table: RoutingTable) -> dict[str, Any]:
@@ -127,30 +199,36 @@ def deployment_options(project: Project, table: RoutingTable) -> dict[str, Any]:
     return options
 
 
-def _apply(project: Project, table: RoutingTable, *, timeout_s: float) -> str:
-    """Deploy the application with ``table``: created if absent, else updated in place."""
+def _apply(project: Project, table: RoutingTable, *, expect: int, action: str, timeout_s: float) -> str:
+    """Deploy the application with ``table``, computed from generation ``expect``: created if absent, else updated
+    in place. Refused when the table moved on since ``expect`` was read."""
     cfg = project.config.serving
-    token = serving_token(project)
+    token, operator = served_tokens(project)
+    check_exposure(project, token, operator)  # here, before Serve binds anything, not in every replica
     _quiet_serve_logs()
     _start_serve(cfg.host, cfg.port, cfg.proxy_location)
-    deployment = serve.deployment(LoomIngress).options(version=_code_version(project, token), _internal=True,
-                                                       **deployment_options(project, table))
-    serve.run(deployment.bind(str(project.root), token), name=app_name(project), route_prefix=cfg.route_prefix)
+    deployment = serve.deployment(LoomIngress).options(version=_code_version(project, token, operator),
+                                                       _internal=True, **deployment_options(project, table))
+    app = deployment.bind(str(project.root), token, operator)
+    _check_generation(project, expect, action)  # as late as possible: serve.run submits the table at once
+    serve.run(app, name=app_name(project), route_prefix=cfg.route_prefix)
     url = url_of(project)
-    _wait_serving(url, table, token, timeout_s)
+    _wait_serving(url, table, operator or token, timeout_s)
     return url
 
 
 def _wait_serving(url: str, table: RoutingTable, token: str | None, timeout_s: float) -> None:
-    """Wait until the HTTP ingress answers with this table (HAProxy picks new replicas up within a reload)."""
+    """Wait until the HTTP ingress answers with this table (HAProxy picks new replicas up within a reload).
+    ``token`` is the operator token: ``/models`` is an operator route."""
     client = ServingClient(url, token, timeout_s=5)
     deadline = time.monotonic() + timeout_s
     last: object = None
     while time.monotonic() < deadline:
         try:
-            if client.routes().get("generation") == table.generation:
+            served = client.routes().get("generation")
+            if served == table.generation:
                 return
-            last = "an older routing table"
+            last = f"it serves generation {served}, not {table.generation}"
         except LoomError as err:
             last = err
         time.sleep(0.2)
@@ -161,7 +239,9 @@ def _check_version(project: Project, model: str, ref: int | str) -> int:
     """Resolve a reference to a version number and check that it builds, before any replica tries."""
     registry = _registry(project)
     mv = registry.get_version(model, ref)
-    ModelBundle.from_registry(registry, model, mv.version).build()
+    serving = project.config.serving
+    ModelBundle.from_registry(registry, model, mv.version, allowed=serving.architectures(project.config.model),
+                              max_parameters=serving.max_parameters).build()
     return mv.version
 
 
@@ -171,57 +251,98 @@ def _registry(project: Project):
                                                                 options=r.options)
 
 
-def _with_registry_aliases(project: Project, table: RoutingTable, model: str) -> RoutingTable:
+def _with_registry_aliases(project: Project, table: RoutingTable, model: str,
+                           moving: Mapping[str, int] | None = None) -> RoutingTable:
+    """``table`` with the registry's aliases of ``model``, and ``moving`` (alias -> version) as they will be once
+    the step has moved them."""
     if model not in table.models:
         return table
     aliases = {a: mv.version for mv in _registry(project).list_versions(model) for a in mv.aliases}
-    return table.with_aliases(model, aliases)
+    return table.with_aliases(model, {**aliases, **(moving or {})})
 
 
-# -- rollout steps: each returns the served URL -------------------------------------------------------------------
+def _move_alias(project: Project, model: str, version: int, before: RoutingTable, applied: RoutingTable, *,
+                action: str, timeout_s: float) -> None:
+    """Point the registry's serving alias at ``version`` now that ``applied`` serves; if that fails, serve
+    ``before`` again (as the next generation) so that serving and the registry agree, and say what happened."""
+    alias = project.config.registry.alias
+    try:
+        _registry(project).set_alias(model, alias, version)
+    except Exception as err:  # noqa: BLE001 - undo serving, then report in Loom's words
+        restore = RoutingTable(models=dict(before.models), generation=applied.generation + 1)
+        what = f"{action} {model} v{version} was served, but pointing alias {alias!r} at it failed ({_short(err)})"
+        try:
+            _apply(project, restore, expect=applied.generation, action=f"restoring the table before {action}",
+                   timeout_s=timeout_s)
+        except Exception as undo:  # noqa: BLE001
+            raise LoomError(f"{what}; restoring the previous routing table failed too ({_short(undo)}): serving "
+                            f"and the registry disagree, check `loom routes` and `loom models versions {model}`"
+                            ) from None
+        raise LoomError(f"{what}; the previous routing table is served again (generation {restore.generation}) "
+                        f"and the alias is unchanged") from None
+
+
+# -- rollout steps: each returns the served URL, and takes the generation it expects to start from -----------------
 
 
 def deploy(project: Project, model: str, ref: int | str, *, canary: int | None = None,
-           timeout_s: float = 180) -> str:
+           expect_generation: int | None = None, timeout_s: float = 180) -> str:
     """Serve version ``ref`` of ``model``: with all traffic, or as a canary taking ``canary`` percent."""
     version = _check_version(project, model, ref)
-    table = current_table(project).deploy(model, version, canary=canary)
-    return _apply(project, _with_registry_aliases(project, table, model), timeout_s=timeout_s)
+    action = f"deploying {model} v{version}"
+    before = _read(project, expect_generation, action)
+    table = before.deploy(model, version, canary=canary)
+    return _apply(project, _with_registry_aliases(project, table, model), expect=before.generation, action=action,
+                  timeout_s=timeout_s)
 
 
-def set_canary(project: Project, model: str, percent: int, *, timeout_s: float = 180) -> str:
+def set_canary(project: Project, model: str, percent: int, *, expect_generation: int | None = None,
+               timeout_s: float = 180) -> str:
     """Change the traffic share of a running canary."""
-    table = current_table(project).set_canary_percent(model, percent)
-    return _apply(project, table, timeout_s=timeout_s)
+    action = f"setting the canary share of {model}"
+    before = _read(project, expect_generation, action)
+    return _apply(project, before.set_canary_percent(model, percent), expect=before.generation, action=action,
+                  timeout_s=timeout_s)
 
 
-def promote(project: Project, model: str, *, timeout_s: float = 180) -> int:
-    """Give the canary all traffic and point the registry's serving alias (``registry.alias``) at it."""
-    table, version = current_table(project).promote(model)
-    _registry(project).set_alias(model, project.config.registry.alias, version)
-    _apply(project, _with_registry_aliases(project, table, model), timeout_s=timeout_s)
+def promote(project: Project, model: str, *, expect_generation: int | None = None, timeout_s: float = 180) -> int:
+    """Give the canary all traffic, then point the registry's serving alias (``registry.alias``) at it."""
+    action = f"promoting the canary of {model}"
+    before = _read(project, expect_generation, action)
+    table, version = before.promote(model)
+    table = _with_registry_aliases(project, table, model, {project.config.registry.alias: version})
+    _apply(project, table, expect=before.generation, action=action, timeout_s=timeout_s)
+    _move_alias(project, model, version, before, table, action="promoting", timeout_s=timeout_s)
     return version
 
 
-def rollback(project: Project, model: str, *, timeout_s: float = 180) -> int:
-    """Abort the canary, or go back to the previous version (the registry alias follows); returns the version
-    that now takes all traffic."""
-    before = current_table(project)
+def rollback(project: Project, model: str, *, expect_generation: int | None = None, timeout_s: float = 180) -> int:
+    """Abort the canary, or go back to the previous version (then the registry alias follows); returns the
+    version that now takes all traffic."""
+    action = f"rolling back {model}"
+    before = _read(project, expect_generation, action)
     table, version = before.rollback(model)
-    if before.routes(model).canary is None:
-        _registry(project).set_alias(model, project.config.registry.alias, version)
-    _apply(project, _with_registry_aliases(project, table, model), timeout_s=timeout_s)
+    moves_alias = before.routes(model).canary is None
+    moving = {project.config.registry.alias: version} if moves_alias else None
+    table = _with_registry_aliases(project, table, model, moving)
+    _apply(project, table, expect=before.generation, action=action, timeout_s=timeout_s)
+    if moves_alias:
+        _move_alias(project, model, version, before, table, action="rolling back to", timeout_s=timeout_s)
     return version
 
 
-def scale_to_zero(project: Project, model: str, version: int | None = None, *, timeout_s: float = 180) -> None:
+def scale_to_zero(project: Project, model: str, version: int | None = None, *,
+                  expect_generation: int | None = None, timeout_s: float = 180) -> None:
     """Unload a standby version, or stop serving a model (the whole application when it was the last one)."""
-    current = current_table(project)
-    table = current.scale_to_zero(model, version)
+    action = f"scaling {model}{f' v{version}' if version is not None else ''} to zero"
+    before = _read(project, expect_generation, action)
+    table = before.scale_to_zero(model, version)
     if not table.models:
+        _check_generation(project, before.generation, action)
         shutdown(project)
         return
-    _apply(project, _with_registry_aliases(project, table, model), timeout_s=timeout_s)
+    _apply(project, _with_registry_aliases(project, table, model), expect=before.generation, action=action,
+           timeout_s=timeout_s)
 
 
 def shutdown(project: Project) -> None:
@@ -230,4 +351,3 @@ def shutdown(project: Project) -> None:
         serve.delete(app_name(project))
     except Exception as err:  # noqa: BLE001 - report, in Loom's words
         raise NotFoundError(f"no serving application {app_name(project)!r} to stop ({err})") from None
-

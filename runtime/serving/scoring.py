@@ -175,6 +175,8 @@ def _entity_rows(entities: Any, join_keys: tuple[str, ...], limits: Limits) -> d
             raise RequestError(400, f"entity {i} must be an object with exactly the key(s) {', '.join(join_keys)}")
         for k in join_keys:
             v = ent[k]
+            if type(v) is int and not -2 ** 63 <= v < 2 ** 63:
+                raise RequestError(400, f"entity {i}: {k} is out of the int64 range")
             if isinstance(v, bool) or not isinstance(v, (int, str)):
                 raise RequestError(400, f"entity {i}: {k} must be an integer or a string, got {repr(v)[:60]}")
             if type(v) is str and len(v) > limits.string_length:

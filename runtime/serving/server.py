@@ -260,7 +260,7 @@ class ModelServer:
                 raise RequestError(404, f"model {model[:60]!r} has no alias {alias[:60]!r} on a live version "
                                         f"(aliases: {', '.join(routes.aliases) or 'none'})")
         elif version is not None:
-            v = int(version) if version.isascii() and version.isdigit() else -1
+            v = int(version) if len(version) <= 18 and version.isascii() and version.isdigit() else -1
             if v not in routes.live:
                 raise RequestError(404, f"model {model!r} version {version[:20]!r} is not served "
                                         f"(live versions: {', '.join(map(str, routes.live))})")
