@@ -892,3 +892,52 @@ def test_schemathesis_without_a_token_gets_401_everywhere_but_the_probes(app):
 
     for operation in _operations(app):
         _fuzz(operation, check, 15)
+
+
+# -- exposure and batching ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "models.example.com"])
+def test_a_non_loopback_host_without_a_token_is_refused_naming_the_setting(project, host):
+    from runtime.errors import ConfigError
+    from runtime.serving.server import check_exposure, is_loopback
+
+    exposed = Project(root=project.root, config=project.config.model_copy(
+        update={"serving": project.config.serving.model_copy(update={"host": host})}))
+    assert not is_loopback(host)
+    with pytest.raises(ConfigError, match=r"serving\.auth_token_env") as err:
+        check_exposure(exposed, None)
+    assert host in str(err.value)
+    check_exposure(exposed, "a-token")  # with a token it may bind there
+    with pytest.raises(ConfigError, match="serving.host"):
+        ModelServer(exposed, get_plugins(modules=exposed.config.plugins))  # a replica refuses too
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_loopback_hosts_need_no_token(host):
+    from runtime.serving.server import is_loopback
+
+    assert is_loopback(host)
+
+
+def test_a_request_larger_than_max_batch_size_is_split_into_forward_passes():
+    """serving.max_rows bounds a request; within it, a request is cut into forward passes of max_batch_size rows,
+    and the caller gets its rows back in order."""
+    from runtime.serving.batching import MicroBatcher
+
+    seen: list[int] = []
+
+    def forward(x):
+        seen.append(len(x[0]))
+        return x[0] * 2
+
+    async def run():
+        batcher = MicroBatcher(forward, max_rows=64)
+        x = np.arange(200, dtype=np.float32).reshape(200, 1)
+        small = np.ones((3, 1), dtype=np.float32)
+        big, other = await asyncio.gather(batcher((x,)), batcher((small,)))
+        return x, big, other
+
+    x, big, other = asyncio.run(run())
+    assert np.array_equal(big, x * 2) and np.array_equal(other, np.full((3, 1), 2, dtype=np.float32))
+    assert max(seen) <= 64 and sum(seen) == 203
