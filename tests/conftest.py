@@ -65,6 +65,27 @@ def edit_config(root: Path, section: str, **values) -> None:
 
 
 @pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server for the run (``postgresql://user:password@127.0.0.1:port/db``, loom_sql's form):
+    ``LOOM_TEST_POSTGRES_URL`` if set, else a private one from the local server binaries (tests/services.py),
+    deleted at the end. Never a skip: no server is an error."""
+    from services import postgres
+
+    with postgres() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 for the run: ``endpoint_url``, ``access_key``, ``secret_key``, ``region``,
+    ``env()`` (the ``AWS_*`` variables for it), ``bucket(name)``, ``filesystem()`` (pyarrow) and ``uri(path)``."""
+    from services import s3
+
+    with s3() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def quickstart_dir(tmp_path_factory, serve_port) -> Path:
     return make_project(tmp_path_factory.mktemp("quickstart"), port=serve_port, training={"epochs": 4})
 

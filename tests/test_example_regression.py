@@ -79,10 +79,11 @@ def test_regression_invocations_predict_feedback_and_drift(prices):
     assert len(inv.json()["predictions"]) == 40 and all(isinstance(v, float) for v in inv.json()["predictions"])
     pred = httpx.post(f"{url}/predict/prices", json=records[:5], headers={"X-Request-ID": "houses-1"}, timeout=30)
     assert pred.status_code == 200 and set(pred.json()) == {"model", "version", "predictions"}
-    ok = httpx.post(f"{url}/feedback/prices", json={"labels": [{"id": "houses-1", "label": list(rows["price_k"][:5])}]},
+    rid = pred.headers["x-loom-request-id"]  # labels name the server's id of the request
+    ok = httpx.post(f"{url}/feedback/prices", json={"labels": [{"id": rid, "label": list(rows["price_k"][:5])}]},
                     timeout=30)
     assert ok.status_code == 200 and ok.json()["accepted"] == 5
-    bad = httpx.post(f"{url}/feedback/prices", json={"labels": [{"id": "houses-1", "label": "expensive"}]},
+    bad = httpx.post(f"{url}/feedback/prices", json={"labels": [{"id": rid, "label": "expensive"}]},
                      timeout=30)
     assert bad.status_code == 422 and "not a finite number" in bad.json()["error"]
     drift = httpx.get(f"{url}/monitoring/prices/drift", timeout=120)

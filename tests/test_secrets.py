@@ -3,7 +3,8 @@ parameters wherever a URI is printed, logged, stored in lineage or put in an err
 
 The end-to-end cases run the ``loom`` command line in-process (click's runner), so that its output, every log
 record (``caplog``, with plugin tracing on) and the lineage of a registered version can all be searched for the
-password. With ``LOOM_TEST_POSTGRES_URL`` (CI) they also run against a real PostgreSQL server.
+password. They also run against a real PostgreSQL server: the session's ``postgres_url`` (``LOOM_TEST_POSTGRES_URL``,
+or a private server the run starts, tests/services.py).
 """
 
 from __future__ import annotations
@@ -238,16 +239,6 @@ def _configure(root: Path, source: str, options: dict | None = None, *, plugins:
 
 
 @pytest.fixture
-def postgres_url() -> str:
-    url = os.environ.get("LOOM_TEST_POSTGRES_URL")
-    if not url:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("LOOM_TEST_POSTGRES_URL is not set under CI: .ci/run must start PostgreSQL and export it")
-        pytest.skip("LOOM_TEST_POSTGRES_URL is not set (a PostgreSQL server URL with a password)")
-    return url
-
-
-@pytest.fixture
 def loom(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
     """``loom(*args)``: the command line in-process, with plugin tracing on and wide consoles (so no URL is
     wrapped across lines); returns (exit code, output with stderr)."""
@@ -320,8 +311,7 @@ def _postgres_source(root: Path, frame: pd.DataFrame, url: str) -> str:
     import sqlalchemy as sa
 
     parsed = sa.engine.make_url(url)
-    if not parsed.password:
-        pytest.skip("the test server URL has no password")
+    assert parsed.password, "LOOM_TEST_POSTGRES_URL names no password: unset it, and the tests start a server with one"
     engine = sa.create_engine(parsed.set(drivername="postgresql+psycopg"))
     table = f"customers_{os.getpid()}"
     frame.assign(event_time=pd.to_datetime(frame["event_time"], utc=True)).to_sql(table, engine, index=False,
@@ -351,7 +341,7 @@ def test_a_password_in_the_source_is_never_shown_logged_or_stored(kind: str, tmp
     monkeypatch.setenv("DB_PASSWORD", password)
     _configure(root, source, options)
     assert password in load_project(root).config.data.source  # interpolated: the plugin gets the real one
-    if password in redact(load_project(root).config.data.source):  # CI's server: user loom, password loom
+    if password in redact(load_project(root).config.data.source):  # a password that is also the user name (loom:loom)
         password = f":{password}@"
 
     code, validated = loom("validate", str(root))

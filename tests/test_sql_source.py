@@ -1,12 +1,11 @@
 """The loom_sql plugin against real databases: an SQLite file, and a PostgreSQL server.
 
-PostgreSQL tests read the server's URL from ``LOOM_TEST_POSTGRES_URL`` (``.ci/run`` installs, starts and exports
-it). Without it they skip on a developer machine, and fail under CI (``CI=true``), so CI never skips them silently.
+PostgreSQL tests run against the session's ``postgres_url`` (tests/conftest.py): ``LOOM_TEST_POSTGRES_URL`` if set,
+else a private server the run starts from the local PostgreSQL binaries (tests/services.py). They never skip.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import uuid
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from runtime import ConfigError, DataSource, LoomError, NotFoundError, Plugins, get_plugins
 from runtime._contracts.data import DataSourceContract, table
+from services import sqlalchemy_url
 
 sa = pytest.importorskip("sqlalchemy")
 
@@ -24,16 +24,6 @@ sa = pytest.importorskip("sqlalchemy")
 def plugins(monkeypatch: pytest.MonkeyPatch) -> Plugins:
     monkeypatch.setenv("LOOM_PLUGINS", "sql")  # only this plugin, found through its entry point
     return get_plugins()
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> str:
-    url = os.environ.get("LOOM_TEST_POSTGRES_URL")
-    if not url:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("LOOM_TEST_POSTGRES_URL is not set under CI: .ci/run must start PostgreSQL and export it")
-        pytest.skip("LOOM_TEST_POSTGRES_URL is not set (a PostgreSQL server URL, e.g. postgresql://loom@127.0.0.1/loom)")
-    return url
 
 
 def sqlite_db(tmp_path: Path, frames: dict[str, pd.DataFrame], name: str = "app.db") -> Path:
@@ -61,7 +51,7 @@ class TestSQLiteContract(DataSourceContract):
 class TestPostgresContract(DataSourceContract):
     @pytest.fixture
     def make_source(self, plugins: Plugins, postgres_url: str):
-        engine = sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+        engine = sa.create_engine(sqlalchemy_url(postgres_url))
         created: list[str] = []
 
         def make(df: pd.DataFrame) -> DataSource:
@@ -155,8 +145,7 @@ def test_fingerprint_describes_the_data_read(plugins: Plugins, tmp_path: Path) -
 def test_postgres_password_from_the_environment(plugins: Plugins, postgres_url: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     url = sa.engine.make_url(postgres_url)
-    if not url.password:
-        pytest.skip("the test server URL has no password")
+    assert url.password, "LOOM_TEST_POSTGRES_URL names no password: unset it, and the tests start a server with one"
     monkeypatch.setenv("LOOM_TEST_PG_PASSWORD", url.password)
     bare = url.set(password=None).render_as_string(hide_password=False)
     source = plugins.data_source(bare, base_dir=Path("."),
