@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 from .features import FeatureService, FeatureView
 from .names import check_name
-from .secrets import interpolate
+from .secrets import interpolate, redact
 
 PROJECT_FILE = "loom.yaml"
 
@@ -325,6 +326,65 @@ class RegistryConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="Options passed to the registry plugin.")
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where a project's state lives, as plugin factories receive it (``storage=``): ``loom.yaml``'s ``storage:``
+    section with relative paths resolved. ``None`` means the store's own default under the state directory.
+
+    Either may hold credentials (from ``${VAR}`` interpolation): show them only through :func:`runtime.redact`,
+    which ``repr`` does.
+    """
+
+    #: Where artifacts, offline features, captured traffic and reports go: an absolute directory or a file system
+    #: URI (``s3://bucket/loom``); ``None``: the state directory.
+    url: str | None = None
+    #: SQLAlchemy URL of the metadata database (``postgresql://…``); ``None``: a SQLite file per store.
+    db: str | None = None
+
+    def __repr__(self) -> str:
+        url = None if self.url is None else redact(self.url)
+        db = None if self.db is None else redact(self.db)
+        return f"Storage(url={url!r}, db={db!r})"
+
+    def location(self, *parts: str, default: str | os.PathLike[str]) -> str:
+        """``<url>/<parts>`` when ``url`` is set, else ``default`` (a store's own local directory), as a string."""
+        if self.url is None:
+            return os.fspath(default)
+        return "/".join([self.url.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+class StorageConfig(_Strict):
+    """Where the project's state lives, so that several hosts can share it (docs/registry.md, "Shared storage")."""
+
+    url: str | None = Field(
+        None, description="Where artifacts, offline features, captured traffic and reports go: a directory "
+        "(relative to the project) or any pyarrow/fsspec file system URI (s3://bucket/loom, gs://..., "
+        "file:///mnt/shared/loom). Default: the state directory. Credentials come from the environment (${VAR}, "
+        "or the file system's own chain such as AWS_* variables), never written inline.")
+    db: str | None = Field(
+        None, description="SQLAlchemy URL of the metadata database (registry, tracking, online features), e.g. "
+        "postgresql://loom:${LOOM_DB_PASSWORD}@db:5432/loom. Default: a SQLite file per store under the state "
+        "directory.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a directory or a file system URI such as s3://bucket/loom (or left out)")
+        return v
+
+    @field_validator("db")
+    @classmethod
+    def _db(cls, v: str | None) -> str | None:
+        if v is not None and not _URL.match(v):
+            # the value is not echoed: a malformed URL may hold a password that redact() cannot find
+            raise ValueError("is not a database URL (scheme://...); write e.g. postgresql://user:${PASSWORD}@host/db")
+        return v
+
+
 class AutoscalingConfig(_Strict):
     """Ray Serve autoscaling of the serving replicas, used instead of a fixed ``replicas`` count."""
 
@@ -459,6 +519,11 @@ class ProjectConfig(_Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="Model registry.")
     serving: ServingConfig = Field(default_factory=ServingConfig, description="Ray Serve settings.")
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig, description="Drift monitoring.")
+    # exclude=True: left out of model_dump(), so where state lives (and its credentials) never enters the lineage
+    # key, which hashes the dumped settings: moving a project's storage is not a reason to retrain.
+    storage: StorageConfig = Field(default_factory=StorageConfig, exclude=True,
+                                   description="Where state lives: a file system URI for files, a database URL for "
+                                               "metadata (default: all under state_dir).")
 
     @model_validator(mode="after")
     def _features_resolve(self) -> ProjectConfig:
@@ -506,6 +571,29 @@ class Project(BaseModel):
     def runs_dir(self) -> Path:
         """Where Ray Train keeps its runs and checkpoints: ``<state_dir>/runs``."""
         return self.state_dir / "runs"
+
+    @property
+    def storage(self) -> Storage:
+        """The ``storage:`` section as plugin factories receive it: ``url`` with a relative directory resolved
+        against the project, ``None`` where a store keeps its default under :attr:`state_dir`."""
+        cfg = self.config.storage
+        url = cfg.url
+        if url is not None and not _URL.match(url):
+            url = str(self.path(url))
+        return Storage(url=url, db=cfg.db)
+
+    @property
+    def storage_url(self) -> str:
+        """Where files go (artifacts, offline features, captured traffic, reports): ``storage.url``, else the state
+        directory. May hold credentials: show it through :func:`runtime.redact`."""
+        url = self.storage.url
+        return url if url is not None else str(self.state_dir)
+
+    @property
+    def storage_db(self) -> str | None:
+        """The metadata database's URL (``storage.db``), or ``None``: each store's own SQLite file under the state
+        directory. May hold credentials: show it through :func:`runtime.redact`."""
+        return self.config.storage.db
 
     def path(self, relative: str) -> Path:
         """Resolve a path written in the project file."""

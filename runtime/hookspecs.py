@@ -46,11 +46,16 @@ def loom_register_data_sources(register: Register) -> None:
 def loom_register_feature_stores(register: Register) -> None:
     """Register feature-store factories by name (the ``features.store`` key of ``loom.yaml``).
 
-    :param register: ``register(name, factory)``; ``factory(*, state_dir, options)`` returns a
-        :class:`runtime.FeatureStore`.
+    :param register: ``register(name, factory)``; ``factory(*, state_dir, options)`` or
+        ``factory(*, state_dir, options, storage)`` returns a :class:`runtime.FeatureStore`. ``storage`` (passed
+        only to a factory that declares it, or ``**kwargs``) is the project's ``storage:`` section, a frozen
+        object with ``url`` (where offline features go; ``None``: under ``state_dir``) and ``db`` (a SQLAlchemy URL
+        for the online store; ``None``: a local file). Both may hold credentials: show them through
+        :func:`runtime.redact`.
     :return: nothing.
 
-    Since 0.1.0. Built-ins: ``local_features`` (``local``), ``feast`` (``feast``).
+    Since 0.1.0 (``storage`` is newer; factories without it keep working). Built-ins: ``local_features``
+    (``local``), ``feast`` (``feast``).
     """
 
 
@@ -58,11 +63,16 @@ def loom_register_feature_stores(register: Register) -> None:
 def loom_register_registries(register: Register) -> None:
     """Register model-registry factories by name (the ``registry.kind`` key of ``loom.yaml``).
 
-    :param register: ``register(name, factory)``; ``factory(*, state_dir, options)`` returns a
-        :class:`runtime.ModelRegistry`.
+    :param register: ``register(name, factory)``; ``factory(*, state_dir, options)`` or
+        ``factory(*, state_dir, options, storage)`` returns a :class:`runtime.ModelRegistry`. ``storage`` (passed
+        only to a factory that declares it, or ``**kwargs``) is the project's ``storage:`` section, a frozen
+        object with ``url`` (where artifacts go; ``None``: under ``state_dir``) and ``db`` (a SQLAlchemy URL for
+        versions and runs, e.g. ``postgresql://...``; ``None``: a local file). Both may hold credentials: show
+        them through :func:`runtime.redact`.
     :return: nothing.
 
-    Since 0.1.0. Built-ins: ``local_registry`` (``local``), ``mlflow`` (``mlflow``).
+    Since 0.1.0 (``storage`` is newer; factories without it keep working). Built-ins: ``local_registry``
+    (``local``), ``mlflow`` (``mlflow``).
     """
 
 

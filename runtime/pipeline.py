@@ -104,14 +104,16 @@ class Pipeline:
     def feature_store(self):
         if self._store is None:
             f = self.project.config.features
-            self._store = self.plugins.feature_store(f.store, state_dir=self.project.state_dir, options=f.options)
+            self._store = self.plugins.feature_store(f.store, state_dir=self.project.state_dir, options=f.options,
+                                                     storage=self.project.storage)
         return self._store
 
     @property
     def registry(self):
         if self._registry is None:
             r = self.project.config.registry
-            self._registry = self.plugins.registry(r.kind, state_dir=self.project.state_dir, options=r.options)
+            self._registry = self.plugins.registry(r.kind, state_dir=self.project.state_dir, options=r.options,
+                                                  storage=self.project.storage)
         return self._registry
 
     @property

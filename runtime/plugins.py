@@ -21,6 +21,7 @@ import pluggy
 
 from . import hookspecs
 from ._version import __version__
+from .config import Storage
 from .errors import LoomError, NotFoundError, PluginError
 from .secrets import redact, redact_error
 
@@ -84,6 +85,15 @@ def _enable_trace_output() -> None:
 def _brief(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _takes(factory: Callable[..., Any], name: str) -> bool:
+    """Whether ``factory`` accepts the keyword argument ``name`` (by name or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (some builtins): pass only the original arguments
+        return False
+    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind is not p.POSITIONAL_ONLY) for p in params)
 
 
 def _owning_dist(module: str) -> str | None:
@@ -276,13 +286,18 @@ class Plugins:
 
         return register
 
-    def _make(self, hook: str, name: str, **kwargs: Any) -> Any:
+    def _make(self, hook: str, name: str, *, storage: Storage | None = None, **kwargs: Any) -> Any:
+        """Build a plugin object with its registered factory. ``storage`` (given for the kinds that keep state) goes
+        only to a factory that takes it (a ``storage`` parameter or ``**kwargs``), so factories written before it
+        existed keep working."""
         kind = self._kinds[hook]
         entry = kind.factories.get(name.lower())
         if entry is None:
             known = ", ".join(sorted(kind.factories)) or "none"
             raise NotFoundError(f"no {kind.what} plugin named {name!r} is loaded (available: {known})")
         factory, plugin = entry
+        if storage is not None and _takes(factory, "storage"):
+            kwargs["storage"] = storage
         started = time.perf_counter()
         try:
             made = factory(**kwargs)
@@ -323,11 +338,19 @@ class Plugins:
         self._trace("create", plugin, started, f"create data source {shown!r} by {plugin}: {type(made).__name__}")
         return made
 
-    def feature_store(self, name: str, *, state_dir: Any, options: dict[str, Any] | None = None) -> Any:
-        return self._make("loom_register_feature_stores", name, state_dir=state_dir, options=dict(options or {}))
+    def feature_store(self, name: str, *, state_dir: Any, options: dict[str, Any] | None = None,
+                      storage: Storage | None = None) -> Any:
+        """The feature store ``name``; ``storage`` is the project's (:attr:`runtime.Project.storage`), default all
+        local."""
+        return self._make("loom_register_feature_stores", name, state_dir=state_dir, options=dict(options or {}),
+                          storage=storage or Storage())
 
-    def registry(self, name: str, *, state_dir: Any, options: dict[str, Any] | None = None) -> Any:
-        return self._make("loom_register_registries", name, state_dir=state_dir, options=dict(options or {}))
+    def registry(self, name: str, *, state_dir: Any, options: dict[str, Any] | None = None,
+                 storage: Storage | None = None) -> Any:
+        """The registry ``name``; ``storage`` is the project's (:attr:`runtime.Project.storage`), default all
+        local."""
+        return self._make("loom_register_registries", name, state_dir=state_dir, options=dict(options or {}),
+                          storage=storage or Storage())
 
     def drift_monitor(self, name: str, *, options: dict[str, Any] | None = None) -> Any:
         return self._make("loom_register_drift_monitors", name, options=dict(options or {}))

@@ -98,5 +98,5 @@ def check_local_filesystem(path: str | os.PathLike[str], *, what: str) -> None:
         return
     raise ConfigError(
         f"{what} at {where} is on a network file system ({kind}): SQLite's locking is unsafe there and concurrent "
-        f"writers can corrupt it. Put it on a local disk; storage shared across hosts is planned, not built yet: "
-        f"see docs/registry.md. Set {ALLOW_ENV}=1 to open it anyway.")
+        f"writers can corrupt it. Put it on a local disk, or share the registry across hosts with storage.db "
+        f"(PostgreSQL) and storage.url (object storage): see docs/registry.md. Set {ALLOW_ENV}=1 to open it anyway.")

@@ -1,13 +1,13 @@
-"""The built-in ``local`` model registry, on real SQLite files, built through the installed entry point."""
+"""The built-in ``local`` model registry, built through the installed entry point: its construction, options and
+SQLite specifics on real files, and its storage-neutral behaviour on both storages (``local``: SQLite and a local
+directory; ``shared``: PostgreSQL and S3; see tests/test_registry_shared.py, which also holds the concurrency and
+crash tests of both)."""
 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
-import signal
 import sqlite3
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,15 @@ from runtime import ConfigError, InvalidNameError, LoomError, ModelRegistry, Not
 from runtime import storage_checks
 
 from runtime.artifacts import WEIGHTS
+from test_registry_shared import (  # noqa: F401 - shared_* are fixtures that reg uses
+    overwrite_blob,
+    reg,
+    shared_bucket,
+    shared_database,
+    shared_storage,
+    stored_blobs,
+)
+
 #: Only the plugin under test: other built-in plugins are irrelevant here and slow to import in child processes.
 ONLY_THIS_PLUGIN = "local_registry"
 
@@ -31,38 +40,15 @@ def _only_this_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOOM_PLUGINS", ONLY_THIS_PLUGIN)
 
 
-@pytest.fixture
-def reg(tmp_path: Path) -> LocalRegistry:
-    return _open(tmp_path)
-
-
 def _blob_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
-
-
-def _blob_path(tmp_path: Path, data: bytes) -> Path:
-    digest = hashlib.sha256(data).hexdigest()
-    return tmp_path / "registry" / "artifacts" / "sha256" / digest[:2] / digest
-
-
-# -- child-process bodies (module level so the spawn context can import them) ---------------------------------
-
-
-def _register_and_hang(state_dir: str, ready: multiprocessing.synchronize.Event) -> None:
-    reg = _open(Path(state_dir))
-
-    def hang(version: runtime.ModelVersion) -> None:
-        ready.set()
-        time.sleep(120)  # the parent SIGKILLs us here, inside the open transaction
-
-    reg._before_commit = hang  # type: ignore[method-assign]
-    reg.register("m", {WEIGHTS: b"never committed"}, alias="production")
 
 
 # -- construction -----------------------------------------------------------------------------------------------
 
 
-def test_factory_is_registered_by_the_entry_point(reg: LocalRegistry, tmp_path: Path) -> None:
+def test_factory_is_registered_by_the_entry_point(tmp_path: Path) -> None:
+    reg = _open(tmp_path)
     assert isinstance(reg, LocalRegistry) and isinstance(reg, ModelRegistry)
     assert runtime.get_plugins().names("loom_register_registries") == {"local": "local_registry"}
     db = tmp_path / "registry" / "registry.db"
@@ -151,13 +137,13 @@ def test_unknown_artifact_root_scheme_is_a_config_error(tmp_path: Path) -> None:
 # -- round trips ------------------------------------------------------------------------------------------------
 
 
-def test_identical_content_is_stored_once(reg: LocalRegistry, tmp_path: Path) -> None:
+def test_identical_content_is_stored_once(reg: LocalRegistry) -> None:
     for i in range(3):
         reg.register("m", {WEIGHTS: b"same bytes"}, metrics={"i": i})
     run = reg.start_run("exp")
     reg.log_artifact(run.id, "copy.safetensors", b"same bytes")
     reg.register("a", {WEIGHTS: b"other"})
-    assert len(_blob_files(tmp_path / "registry" / "artifacts")) == 2
+    assert stored_blobs(reg) == sorted(hashlib.sha256(b).hexdigest() for b in (b"same bytes", b"other"))
 
 
 def test_not_found_errors_say_what_exists(reg: LocalRegistry) -> None:
@@ -182,8 +168,7 @@ def test_not_found_errors_say_what_exists(reg: LocalRegistry) -> None:
 
 
 @pytest.mark.parametrize("bad", ["..", "a/b", "a\\b", "%2e%2e", "a\x00b", "new\nline", "\x1b[31m", "../etc"])
-def test_unsafe_names_are_rejected_before_anything_is_written(reg: LocalRegistry, tmp_path: Path, bad: str) -> None:
-    artifacts = tmp_path / "registry" / "artifacts"
+def test_unsafe_names_are_rejected_before_anything_is_written(reg: LocalRegistry, bad: str) -> None:
     with pytest.raises(InvalidNameError):
         reg.register(bad, {WEIGHTS: b"w"})
     with pytest.raises(InvalidNameError):
@@ -193,7 +178,7 @@ def test_unsafe_names_are_rejected_before_anything_is_written(reg: LocalRegistry
     with pytest.raises(InvalidNameError):
         reg.get_version("m", bad)
     assert reg.list_models() == []
-    assert _blob_files(artifacts) == []
+    assert stored_blobs(reg) == []
     reg.register("m", {WEIGHTS: b"w"})
     with pytest.raises(InvalidNameError):
         reg.set_alias("m", bad, 1)
@@ -202,79 +187,26 @@ def test_unsafe_names_are_rejected_before_anything_is_written(reg: LocalRegistry
 
 
 @pytest.mark.parametrize("name", ["model.pkl", "model.PICKLE", "w.pt", "w.pth", "m.joblib", "c.ckpt", "w.bin"])
-def test_pickle_artifacts_are_rejected(reg: LocalRegistry, tmp_path: Path, name: str) -> None:
+def test_pickle_artifacts_are_rejected(reg: LocalRegistry, name: str) -> None:
     with pytest.raises(ValueError, match="pickle"):
         reg.register("m", {WEIGHTS: b"fine", name: b"evil"})
     assert reg.list_models() == []
-    assert _blob_files(tmp_path / "registry" / "artifacts") == []
+    assert stored_blobs(reg) == []
 
 
-def test_corrupted_blob_is_detected_on_read(reg: LocalRegistry, tmp_path: Path) -> None:
+def test_corrupted_blob_is_detected_on_read(reg: LocalRegistry) -> None:
     reg.register("m", {WEIGHTS: b"good weights"})
-    blob = _blob_path(tmp_path, b"good weights")
-    blob.chmod(0o644)
-    blob.write_bytes(b"bad weights!")
+    overwrite_blob(reg, b"good weights", b"bad weights!")
     with pytest.raises(LoomError, match=r"artifact 'model.safetensors' of model 'm' version 1 is corrupt"):
         reg.read_artifact("m", 1, WEIGHTS)
     reg.register("m", {WEIGHTS: b"good weights"})  # storing the same content again repairs the blob
     assert reg.read_artifact("m", 1, WEIGHTS) == b"good weights"
-    blob.unlink()
+    overwrite_blob(reg, b"good weights", None)
     with pytest.raises(LoomError, match="missing"):
         reg.read_artifact("m", 2, WEIGHTS)
-
-
-# -- concurrency and crashes -----------------------------------------------------------------------------------
-
-
-def test_sixteen_concurrent_processes_get_distinct_consecutive_versions(reg: LocalRegistry, tmp_path: Path) -> None:
-    # Each child gets the registry by pickling (as Ray would ship it) and runs one register(). The test holds the
-    # database's write lock until every child has staged its blob, so all sixteen then race for it at once.
-    ctx = multiprocessing.get_context("spawn")
-    lock = sqlite3.connect(tmp_path / "registry" / "registry.db", isolation_level=None)
-    lock.execute("BEGIN IMMEDIATE")
-    procs = [
-        ctx.Process(target=reg.register, args=("m", {WEIGHTS: f"w{i}".encode()}), kwargs={"params": {"worker": i}})
-        for i in range(16)
-    ]
-    try:
-        for p in procs:
-            p.start()
-        deadline = time.monotonic() + 20  # registrations queue for up to the 30 s busy timeout; release well before
-        while len(_blob_files(tmp_path / "registry" / "artifacts")) < 16 and time.monotonic() < deadline:
-            assert all(p.exitcode is None for p in procs), "a child finished before the lock was released"
-            time.sleep(0.05)
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
-        for p in procs:
-            p.join(60)
-    assert [p.exitcode for p in procs] == [0] * 16
-    versions = reg.list_versions("m")
-    assert [v.version for v in versions] == list(range(1, 17))
-    assert sorted(v.params["worker"] for v in versions) == list(range(16))
-    for v in versions:
-        assert reg.read_artifact("m", v.version, WEIGHTS) == f"w{v.params['worker']}".encode()
-
-
-def test_process_killed_before_commit_leaves_no_version(reg: LocalRegistry, tmp_path: Path) -> None:
-    reg.register("m", {WEIGHTS: b"v1"}, alias="production")
-    before = reg.list_versions("m")
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    child = ctx.Process(target=_register_and_hang, args=(str(tmp_path), ready))
-    child.start()
-    try:
-        assert ready.wait(60), "child never reached the commit point"
-        assert _blob_path(tmp_path, b"never committed").is_file()  # staged, holding the write lock
-    finally:
-        child.kill()  # SIGKILL
-        child.join(30)
-    assert child.exitcode == -signal.SIGKILL
-    assert reg.list_versions("m") == before
-    assert reg.get_version("m", "production").version == 1
-    v = reg.register("m", {WEIGHTS: b"v2"})
-    assert v.version == 2
-    assert [x.version for x in reg.list_versions("m")] == [1, 2]
+    reg.register("m", {WEIGHTS: b"good weights"})  # and restores a missing one
+    assert reg.read_artifact("m", 1, WEIGHTS) == b"good weights"
+    assert not [b for b in stored_blobs(reg) if b.endswith(".tmp")]
 
 
 # -- network file systems ------------------------------------------------------------------------------------------
@@ -294,7 +226,7 @@ def test_registry_refuses_a_network_file_system(tmp_path: Path, monkeypatch: pyt
         _open(state)
     message = str(err.value)
     assert str(state / "registry") in message and kind in message
-    assert "SQLite's locking is unsafe" in message and "planned, not built yet: see docs/registry.md" in message
+    assert "SQLite's locking is unsafe" in message and "storage.db (PostgreSQL)" in message and "see docs/registry.md" in message
     assert "LOOM_ALLOW_NETWORK_FS=1" in message
     assert asked == [str(tmp_path)]  # the nearest existing ancestor, before anything is created
     assert not (tmp_path / "not").exists()

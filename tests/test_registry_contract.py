@@ -1,4 +1,6 @@
-"""The registry and tracker contract suites (``runtime.testing``), run against every registry plugin Loom ships."""
+"""The registry and tracker contract suites (``runtime.testing``), run against every registry plugin Loom ships:
+``local`` on its two storages (SQLite and a local directory; PostgreSQL and S3, as ``local-shared``) and
+``mlflow``."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import pytest
 import runtime
 from runtime import ModelRegistry
 from runtime.testing import RegistryContract, TrackerContract
+from test_registry_shared import open_registry, shared_bucket, shared_database, shared_storage  # noqa: F401
 
-KINDS = ["local", "mlflow"]
+KINDS = ["local", "local-shared", "mlflow"]
 #: Only the registry plugins: the others are irrelevant here.
 REGISTRY_PLUGINS = "local_registry,mlflow"
 
@@ -33,6 +36,8 @@ class TestRegistryPlugins(RegistryContract, TrackerContract):
     @pytest.fixture(params=KINDS)
     def registry(self, request: pytest.FixtureRequest, tmp_path: Path) -> ModelRegistry:
         options = {}
+        if request.param == "local-shared":  # a fresh PostgreSQL schema and S3 prefix per test
+            return open_registry(tmp_path, request.getfixturevalue("shared_storage"))
         if request.param == "mlflow":
             from mlflow_store import store_options
 

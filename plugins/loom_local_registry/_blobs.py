@@ -115,7 +115,8 @@ class BlobStore:
 
 class FileSystemBlobStore:
     """SHA-256 addressed objects under a file system URI, through ``pyarrow.fs`` (or ``fsspec`` for schemes
-    pyarrow lacks). A blob that exists with the right size is taken as stored; every read verifies the digest."""
+    pyarrow lacks). Storing content that is already there reads it back to check it (cheaper than uploading it
+    again, and a damaged copy is replaced); every read verifies the digest."""
 
     def __init__(self, uri: str) -> None:
         import pyarrow.fs as pafs
@@ -151,8 +152,8 @@ class FileSystemBlobStore:
         digest = hashlib.sha256(data).hexdigest()
         key = self._key(digest)
         info = self._fs.get_file_info(key)
-        if info.type == FileType.File and info.size == len(data):
-            return digest
+        if info.type == FileType.File and info.size == len(data) and self._intact(key, digest):
+            return digest  # already stored; a damaged copy falls through and is replaced, as on a local disk
         parent = key.rsplit("/", 1)[0]
         self._fs.create_dir(parent, recursive=True)
         tmp = f"{parent}/.{digest[:12]}-{uuid.uuid4().hex}.tmp"
@@ -165,6 +166,16 @@ class FileSystemBlobStore:
                 self._fs.delete_file(tmp)
             raise
         return digest
+
+    def _intact(self, key: str, digest: str) -> bool:
+        hasher = hashlib.sha256()
+        try:
+            with self._fs.open_input_stream(key) as f:
+                while chunk := f.read(1 << 20):
+                    hasher.update(chunk)
+        except FileNotFoundError:
+            return False
+        return hasher.hexdigest() == digest
 
     def read(self, digest: str, what: str) -> bytes:
         key = self._key(digest)

@@ -1,10 +1,9 @@
-"""``LocalRegistry``: model versions in SQLite, their artifacts in a content-addressed blob store."""
+"""``LocalRegistry``: model versions in SQLite or PostgreSQL, their artifacts in a content-addressed blob store."""
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,11 @@ from runtime import (
     check_name,
     check_run_id,
     parse_ref,
+    redact,
 )
 
 from ._blobs import open_blobs
-from ._db import Database
+from ._db import Connection, open_database
 from ._runs import RunTracking
 from ._values import check_artifacts, check_tags, check_version, listing, to_json
 
@@ -29,26 +29,34 @@ _VERSION_COLUMNS = "name, version, created_at, params, metrics, lineage, tags, d
 
 
 class LocalRegistry(RunTracking):
-    """A :class:`runtime.ModelRegistry` and :class:`runtime.Tracker` on local SQLite, safe for many processes.
+    """A :class:`runtime.ModelRegistry` and :class:`runtime.Tracker` on SQLite or PostgreSQL, safe for many
+    processes (and, on PostgreSQL with a shared artifact root, many hosts).
 
-    Metadata lives in ``<path>/registry.db`` (SQLite, WAL); artifacts in ``<artifact_root>/sha256/...``, where
-    ``artifact_root`` is a local directory or a file system URI (see :func:`open_blobs`). A version
+    Metadata lives in ``<path>/registry.db`` (SQLite, WAL), or in schema ``schema`` of the PostgreSQL database
+    ``db`` when that is given; artifacts in ``<artifact_root>/sha256/...``, where ``artifact_root`` is a local
+    directory or a file system URI (see :func:`open_blobs`). A version
     becomes visible only when its single metadata transaction commits, after all its blobs are durably stored,
     so a crash at any point leaves either the whole version or none of it (plus, at worst, unreferenced blobs).
     Version numbers are allocated inside that transaction and never reused, even after :meth:`delete_version`.
-    The object holds only locations (each call opens its own connection), so it can be pickled to other processes.
+    The object holds only locations (each call opens its own SQLite connection, or takes a PostgreSQL one from a
+    per-process pool that is not pickled), so it can be pickled to other processes.
     """
 
-    def __init__(self, path: Path, artifact_root: str | os.PathLike[str]) -> None:
-        check_local_filesystem(path, what="the local registry's database")  # SQLite WAL: local disk only
-        path.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._db = Database(path / "registry.db")
+    def __init__(self, path: Path | None, artifact_root: str | os.PathLike[str], *, db: str | None = None,
+                 schema: str | None = None) -> None:
+        if db is None:
+            if path is None:
+                raise TypeError("LocalRegistry needs a path for its SQLite database, or db= a PostgreSQL URL")
+            check_local_filesystem(path, what="the local registry's database")  # SQLite WAL: local disk only
+            path.mkdir(parents=True, exist_ok=True)
+        self.path = path if db is None else None
+        self._db = open_database(None if path is None else path / "registry.db", db, schema)
+        self.location = self._db.location
         self._blobs = open_blobs(artifact_root)
         self.artifact_root = self._blobs.location
 
     def __repr__(self) -> str:
-        return f"LocalRegistry(path={str(self.path)!r}, artifact_root={self.artifact_root!r})"
+        return f"LocalRegistry(metadata={self.location!r}, artifact_root={redact(self.artifact_root)!r})"
 
     # -- writing -----------------------------------------------------------------------------------------------
 
@@ -90,13 +98,15 @@ class LocalRegistry(RunTracking):
         with self._db.transaction(write=True) as conn:
             if run_id is not None:
                 self._row(conn, run_id)
-            created_at = time.time()  # taken under the write lock, so it increases with the version number
             conn.execute(
-                "INSERT INTO models (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING", (name, created_at)
+                "INSERT INTO models (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING", (name, time.time())
             )
+            # The row lock this takes (all of SQLite; the model's row in PostgreSQL) is held until the commit, so
+            # concurrent registrations get distinct numbers, and last_version only grows: none is ever reused.
             (version,) = conn.execute(
                 "UPDATE models SET last_version = last_version + 1 WHERE name = ? RETURNING last_version", (name,)
             ).fetchone()
+            created_at = time.time()  # taken under that lock, so it increases with the version number
             conn.execute(
                 f"INSERT INTO versions ({_VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, version, created_at, encoded["params"], encoded["metrics"], encoded["lineage"],
@@ -174,6 +184,10 @@ class LocalRegistry(RunTracking):
         check_name(name, "model name")
         ref = parse_ref(ref)
         with self._db.transaction(write=False) as conn:
+            if isinstance(ref, int):  # the common case in one query; a miss goes through _resolve for its error
+                found = self._versions(conn, name, ref)
+                if found:
+                    return found[0]
             number = self._resolve(conn, name, ref)
             return self._versions(conn, name, number)[0]
 
@@ -208,42 +222,49 @@ class LocalRegistry(RunTracking):
     # -- helpers (all run inside a caller's transaction) -----------------------------------------------------
 
     @staticmethod
-    def _point_alias(conn: sqlite3.Connection, name: str, alias: str, version: int) -> None:
+    def _point_alias(conn: Connection, name: str, alias: str, version: int) -> None:
         conn.execute(
             "INSERT INTO aliases (name, alias, version) VALUES (?, ?, ?) "
             "ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version",
             (name, alias, version),
         )
 
-    def _require_model(self, conn: sqlite3.Connection, name: str) -> None:
-        if conn.execute("SELECT 1 FROM models WHERE name = ?", (name,)).fetchone() is None:
+    def _require_model(self, conn: Connection, name: str) -> None:
+        """Check that ``name`` exists; in a write transaction, lock its row (PostgreSQL) until the commit, so
+        writes to one model are serialised."""
+        if conn.execute(f"SELECT 1 FROM models WHERE name = ?{conn.lock}", (name,)).fetchone() is None:
             models = [row[0] for row in conn.execute("SELECT name FROM models ORDER BY name")]
-            raise NotFoundError(f"no model named {name!r} in the registry at {self.path} (models: {listing(models)})")
+            raise NotFoundError(
+                f"no model named {name!r} in the registry at {self.location} (models: {listing(models)})")
 
-    def _resolve(self, conn: sqlite3.Connection, name: str, ref: int | str) -> int:
+    def _resolve(self, conn: Connection, name: str, ref: int | str) -> int:
         """The version number ``ref`` (a number, an alias or ``latest``) names, or :class:`NotFoundError` saying
         what exists."""
-        self._require_model(conn, name)
+        if conn.lock:  # a PostgreSQL write: lock the model's row first, so writes to one model are serialised
+            self._require_model(conn, name)
         if ref == LATEST:
             row = conn.execute("SELECT MAX(version) FROM versions WHERE name = ?", (name,)).fetchone()
-            if row[0] is None:
-                raise NotFoundError(f"model {name!r} has no versions")
-            return int(row[0])
+            if row[0] is not None:
+                return int(row[0])
+            self._require_model(conn, name)  # a miss: is it the model that is missing?
+            raise NotFoundError(f"model {name!r} has no versions")
         if isinstance(ref, int):
             if conn.execute("SELECT 1 FROM versions WHERE name = ? AND version = ?", (name, ref)).fetchone():
                 return ref
+            self._require_model(conn, name)
             numbers = [row[0] for row in conn.execute(
                 "SELECT version FROM versions WHERE name = ? ORDER BY version", (name,))]
             raise NotFoundError(f"model {name!r} has no version {ref} (versions: {listing(numbers)})")
         row = conn.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, ref)).fetchone()
         if row is not None:
             return int(row[0])
+        self._require_model(conn, name)
         aliases = [f"{alias} -> {version}" for alias, version in conn.execute(
             "SELECT alias, version FROM aliases WHERE name = ? ORDER BY alias", (name,))]
         raise NotFoundError(f"model {name!r} has no alias {ref!r} (aliases: {listing(aliases)})")
 
     @staticmethod
-    def _versions(conn: sqlite3.Connection, name: str, version: int | None = None) -> list[ModelVersion]:
+    def _versions(conn: Connection, name: str, version: int | None = None) -> list[ModelVersion]:
         """Versions of ``name`` (just ``version`` if given), ascending, with their aliases filled in."""
         where, args = ("name = ?", (name,)) if version is None else ("name = ? AND version = ?", (name, version))
         aliases: dict[int, list[str]] = {}

@@ -1,11 +1,10 @@
 """Experiment tracking for the local registry: runs, their params, metrics over time and artifacts, in the same
-SQLite database and blob store as the model versions they produce (so a version's run link always resolves)."""
+database and blob store as the model versions they produce (so a version's run link always resolves)."""
 
 from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import time
 import uuid
 from typing import Any
@@ -23,16 +22,16 @@ from runtime import (
 )
 
 from ._blobs import Blobs
-from ._db import Database
+from ._db import Connection, _Database
 from ._values import check_tags, listing, to_json
 
 _RUN_COLUMNS = "id, experiment, name, status, started_at, ended_at, params, tags, artifacts"
 
 
 class RunTracking:
-    """The :class:`runtime.Tracker` half of :class:`LocalRegistry`; every write is one SQLite transaction."""
+    """The :class:`runtime.Tracker` half of :class:`LocalRegistry`; every write is one database transaction."""
 
-    _db: Database
+    _db: _Database
     _blobs: Blobs
 
     def start_run(
@@ -145,13 +144,15 @@ class RunTracking:
     # -- helpers (inside a caller's transaction) ---------------------------------------------------------------
 
     @staticmethod
-    def _row(conn: sqlite3.Connection, run_id: str) -> tuple[Any, ...]:
-        row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+    def _row(conn: Connection, run_id: str) -> tuple[Any, ...]:
+        """The run's row; in a write transaction, locked (PostgreSQL) until the commit, so read-modify-writes of
+        its params and artifacts do not lose each other's updates."""
+        row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?{conn.lock}", (run_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"no run with id {run_id!r} in the local registry")
         return row
 
-    def _run(self, conn: sqlite3.Connection, run_id: str) -> Run:
+    def _run(self, conn: Connection, run_id: str) -> Run:
         row = self._row(conn, run_id)
         latest: dict[str, float] = {}
         for key, value in conn.execute(

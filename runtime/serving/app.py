@@ -124,9 +124,10 @@ async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[byt
 class LoomApp:
     """The ASGI application: auth, body limits and the inference routes; the rest goes to FastAPI."""
 
-    def __init__(self, server: ModelServer, checks: DriftChecks | None = None):
+    def __init__(self, server: ModelServer, checks: Any = None):
         self.server = server
-        #: Drift checks, feedback and their schedule over the server's captured traffic.
+        #: Drift checks, feedback and their schedule over the server's captured traffic: this replica's own
+        #: (:class:`DriftChecks`), or the deployment monitor's (:class:`~runtime.serving.monitor.RemoteChecks`).
         self.checks = checks if checks is not None else DriftChecks.of(server)
         cfg = server.project.config
         self.max_body = cfg.serving.max_body_bytes
@@ -360,7 +361,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def metadata_api(server: ModelServer, checks: DriftChecks) -> FastAPI:
+def metadata_api(server: ModelServer, checks: Any) -> FastAPI:
     """Metadata, documentation, metrics, monitoring and admin routes."""
     api = FastAPI(title="Loom", version=__version__,
                   description="Models served by Loom: Open Inference Protocol v2, MLflow scoring and record-style "
@@ -371,7 +372,7 @@ def metadata_api(server: ModelServer, checks: DriftChecks) -> FastAPI:
     api.openapi = _openapi_builder(api, server)  # type: ignore[method-assign]
     _health_routes(api, server)
     _oip_metadata_routes(api, server)
-    _operations_routes(api, server)
+    _operations_routes(api, server, checks)
     _monitoring_routes(api, checks)
     return api
 
@@ -470,7 +471,7 @@ def _oip_metadata_routes(api: FastAPI, server: ModelServer) -> None:
         return {"name": name, "ready": True, "version": str(lv.version)}
 
 
-def _operations_routes(api: FastAPI, server: ModelServer) -> None:
+def _operations_routes(api: FastAPI, server: ModelServer, checks: Any) -> None:
     """The routing table and Prometheus metrics."""
 
     @api.get("/models", tags=["admin"], summary="Served models, their live versions, traffic and aliases")
@@ -480,10 +481,14 @@ def _operations_routes(api: FastAPI, server: ModelServer) -> None:
     @api.get("/metrics", tags=["operations"], summary="Prometheus metrics of this replica",
              response_class=PlainTextResponse)
     async def metrics() -> Response:
-        return Response(server.metrics.render(), media_type=server.metrics.content_type)
+        text = server.metrics.render()
+        deployment = getattr(checks, "deployment_metrics", None)  # the deployment monitor's drift gauges
+        if deployment is not None:
+            text += await run_in_threadpool(deployment)
+        return Response(text, media_type=server.metrics.content_type)
 
 
-def _monitoring_routes(api: FastAPI, checks: DriftChecks) -> None:
+def _monitoring_routes(api: FastAPI, checks: Any) -> None:
     """Drift checks, the monitor's HTML report, check history and feedback labels."""
 
     @api.get("/monitoring/{name}/drift", tags=["operations"],
@@ -500,7 +505,7 @@ def _monitoring_routes(api: FastAPI, checks: DriftChecks) -> None:
                             headers={"Content-Security-Policy": HTML_CSP, "X-Content-Type-Options": "nosniff"})
 
     @api.get("/monitoring/{name}/history", tags=["operations"],
-             summary="Summaries of past drift checks of this replica, oldest first")
+             summary="Summaries of past drift checks, oldest first")
     async def drift_history(name: str, limit: int | None = None) -> list[dict[str, Any]]:
         return checks.history(name, limit)
 

@@ -168,7 +168,7 @@ class CaptureStore:
     """
 
     def __init__(self, root: Path, *, max_pending: int, flush_s: float, replica: str = "",
-                 on_drop: Any = None, on_write: Any = None):
+                 on_drop: Any = None, on_write: Any = None, forward: Any = None):
         self.root = root
         self.max_pending = max_pending
         self.flush_s = flush_s
@@ -184,6 +184,10 @@ class CaptureStore:
         self._on_drop = on_drop or (lambda n: None)
         self._on_write = on_write or (lambda n: None)
         self._seq = 0
+        #: Called by every flush with the samples it took (possibly none): e.g. sending them to the deployment's
+        #: monitor. Its failure is logged, never raised.
+        self.forward = forward
+        self._flushing = threading.Lock()
         #: Each model version's :class:`Layout`, registered by its :class:`Capture`.
         self.layouts: dict[tuple[str, int], Layout] = {}
         self._wake = threading.Event()
@@ -210,7 +214,12 @@ class CaptureStore:
         self._wake.set()
 
     def flush(self) -> None:
-        """Write what is buffered now (the background thread calls this; tests and shutdown may too)."""
+        """Write what is buffered now (the background thread calls this; a drift check, tests and shutdown may
+        too: one flush at a time)."""
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         samples = [self._pending.popleft() for _ in range(len(self._pending))]
         self._flushed_rows += sum(s[_ROWS] for s in samples)
         groups: dict[tuple[str, int], list[Sample]] = {}
@@ -227,6 +236,11 @@ class CaptureStore:
                               version)
                 self.dropped += len(group)
                 self._on_drop(len(group))
+        if self.forward is not None:
+            try:
+                self.forward(samples)
+            except Exception:  # noqa: BLE001 - capture must never take the replica down
+                log.exception("capture: could not forward %d sampled requests", len(samples))
         for _ in range(len(self._feedback)):
             model, labels = self._feedback.popleft()
             try:
@@ -298,6 +312,7 @@ class Capture:
         self._chunks: deque[Sample] = deque()
         self._window_rows = 0
         self._rng = random.Random(seed)
+        self._seed: pd.DataFrame | None = None
         self.captured = 0
 
     def _set_layout(self, layout: Layout) -> Layout:
@@ -331,14 +346,38 @@ class Capture:
         if self.store is not None:
             self.store.offer(sample)
 
+    def extend(self, samples: list[Sample]) -> None:
+        """Add samples another process captured (a replica's, in the deployment's monitor): no sampling, no
+        store; the window stays sized in rows."""
+        chunks = self._chunks
+        for sample in samples:
+            chunks.append(sample)
+            self._window_rows += sample[_ROWS]
+            self.captured += sample[_ROWS]
+        while chunks and self._window_rows - chunks[0][_ROWS] >= self.window:
+            self._window_rows -= chunks.popleft()[_ROWS]
+
+    def seed(self, rows: pd.DataFrame) -> None:
+        """Start the window from rows read back from the capture store (a restarted monitor's): they come before
+        every sample added later."""
+        self._seed = rows.tail(self.window).reset_index(drop=True)
+        self.captured += len(self._seed)
+
     def frame(self, since_s: float | None = None) -> pd.DataFrame:
         """The captured rows (at most ``window``, newest last; only the last ``since_s`` seconds when given) with
         the :data:`META` columns."""
         chunks = list(self._chunks)
-        if since_s is not None:
-            cutoff = time.time() - since_s
+        cutoff = time.time() - since_s if since_s is not None else None
+        if cutoff is not None:
             chunks = [c for c in chunks if c[_TS] >= cutoff]
-        if not chunks:
+        seed = self._seed
+        if seed is not None and cutoff is not None:
+            seed = seed[seed["ts"] >= pd.Timestamp(cutoff, unit="s", tz="UTC")]
+        parts = [seed] if seed is not None and len(seed) else []
+        if chunks:
+            assert self.layout is not None  # set by the first add
+            parts.append(frames(chunks, self.layout))
+        if not parts:
             return pd.DataFrame(columns=list(META))
-        assert self.layout is not None  # set by the first add
-        return frames(chunks, self.layout).tail(self.window).reset_index(drop=True)
+        frame = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+        return frame.tail(self.window).reset_index(drop=True)

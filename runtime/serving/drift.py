@@ -82,10 +82,13 @@ class DriftChecks:
     """The replica's feedback labels, drift checks, their history and the check schedule, over the server's
     captured windows and capture store."""
 
-    def __init__(self, server: ModelServer):
+    def __init__(self, server: ModelServer, *, schedule: bool = True, registry: Any = None):
+        """``schedule``: run the scheduled checks here; ``registry``: where the drift gauges go (the server's
+        metrics registry by default)."""
         self.server = server
         self.cfg = server.project.config.monitoring
-        self.metrics = DriftMetrics(server.metrics.registry, server.metrics.replica)
+        self.registry = registry if registry is not None else server.metrics.registry
+        self.metrics = DriftMetrics(self.registry, server.metrics.replica)
         self.store = server.store
         self._monitor: Any = None
         self._history: dict[str, deque[dict[str, Any]]] = {}
@@ -94,7 +97,8 @@ class DriftChecks:
         self._ref_predictions: dict[tuple[str, int], list[Any]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.start()
+        if schedule:
+            self.start()
 
     @classmethod
     def of(cls, server: ModelServer) -> DriftChecks:
@@ -120,7 +124,31 @@ class DriftChecks:
 
     def feedback(self, model: str, payload: Any) -> dict[str, Any]:
         """Attach ground-truth labels to served request ids: ``{"labels": [{"id": ..., "label": ...}, ...]}``;
-        ``label`` is one value for a one-row request or a list with one value per row."""
+        ``label`` is one value for a one-row request or a list with one value per row. Kept here and written to
+        the capture store."""
+        rows = self.parse_feedback(model, payload)
+        self.add_labels(model, rows)
+        self.store_labels(model, rows)
+        return {"model": model, "accepted": len(rows)}
+
+    def store_labels(self, model: str, rows: list[tuple[str, int, Any]]) -> None:
+        """Append checked labels to the capture store's ``feedback/`` partition."""
+        if self.store is not None:
+            frame = pd.DataFrame(rows, columns=["request_id", "row", "label"])
+            frame["label"] = frame["label"].astype(str)
+            self.store.add_feedback(model, frame)
+
+    def add_labels(self, model: str, rows: list[tuple[str, int, Any]]) -> None:
+        """Keep checked labels ``(request id, row, label)`` for the performance part of checks."""
+        kept = self._feedback.setdefault(model, OrderedDict())
+        with self._lock:
+            for rid, row, value in rows:
+                kept[(rid, row)] = value
+            while len(kept) > FEEDBACK_KEPT:
+                kept.popitem(last=False)
+
+    def parse_feedback(self, model: str, payload: Any) -> list[tuple[str, int, Any]]:
+        """The labels of a feedback body, each checked against the model's task: ``(request id, row, label)``."""
         lv = self.server.resolve(model, str(self.server.routes(model).primary))
         items = payload.get("labels") if isinstance(payload, dict) else None
         if not isinstance(items, list) or not items:
@@ -143,17 +171,7 @@ class DriftChecks:
                 except ValueError as err:
                     what = "a label" if lv.regression else "a class"
                     raise RequestError(422, f"labels[{i}]: {str(err)[:200]}; not {what} of model {model!r}") from None
-        kept = self._feedback.setdefault(model, OrderedDict())
-        with self._lock:
-            for rid, row, value in rows:
-                kept[(rid, row)] = value
-            while len(kept) > FEEDBACK_KEPT:
-                kept.popitem(last=False)
-        if self.store is not None:
-            frame = pd.DataFrame(rows, columns=["request_id", "row", "label"])
-            frame["label"] = frame["label"].astype(str)
-            self.store.add_feedback(model, frame)
-        return {"model": model, "accepted": len(rows)}
+        return rows
 
     # -- checks ----------------------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from ..names import check_name
 from ..plugins import get_plugins
 from .app import LoomApp
 from .client import ServingClient, served_tokens, url_of
+from .monitor import RemoteChecks, monitor_actor, stop_monitor
 from .routing import RoutingTable
 from .server import ModelServer, check_exposure
 
@@ -55,7 +56,11 @@ class LoomIngress:
         except Exception:  # noqa: BLE001 - outside a replica (local testing mode)
             replica = ""
         self.server = ModelServer.from_project(root, token=token, operator_token=operator_token, replica=replica)
-        self._loom_app = LoomApp(self.server)  # with the replica's drift checks and their schedule (`app` is Serve's)
+        checks = None
+        if self.server.store is not None and self.server.project.config.monitoring.monitor is not None:
+            # every replica's traffic goes to the deployment's one monitor, which answers every replica's routes
+            checks = RemoteChecks(self.server, monitor_actor(self.server.project, token, operator_token))
+        self._loom_app = LoomApp(self.server, checks)  # (`app` is Serve's name)
 
     def __serve_build_asgi_app__(self) -> LoomApp:
         return self._loom_app
@@ -248,7 +253,7 @@ def _check_version(project: Project, model: str, ref: int | str) -> int:
 def _registry(project: Project):
     r = project.config.registry
     return get_plugins(modules=project.config.plugins).registry(r.kind, state_dir=project.state_dir,
-                                                                options=r.options)
+                                                                options=r.options, storage=project.storage)
 
 
 def _with_registry_aliases(project: Project, table: RoutingTable, model: str,
@@ -346,8 +351,10 @@ def scale_to_zero(project: Project, model: str, version: int | None = None, *,
 
 
 def shutdown(project: Project) -> None:
-    """Remove the project's application (Serve itself keeps running for the cluster)."""
+    """Remove the project's application and its monitor (Serve itself keeps running for the cluster)."""
     try:
         serve.delete(app_name(project))
     except Exception as err:  # noqa: BLE001 - report, in Loom's words
         raise NotFoundError(f"no serving application {app_name(project)!r} to stop ({err})") from None
+    finally:
+        stop_monitor(project)

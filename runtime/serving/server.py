@@ -140,11 +140,12 @@ class ModelServer:
     """Everything a serving replica holds. Build it with :meth:`from_project`, then :meth:`apply` a table."""
 
     def __init__(self, project: Project, plugins: Plugins, *, token: str | None = None,
-                 operator_token: str | None = None, replica: str = ""):
+                 operator_token: str | None = None, replica: str = "", capture_store: bool = True):
         self.project = project
         self.plugins = plugins
         cfg = project.config
-        self.registry = plugins.registry(cfg.registry.kind, state_dir=project.state_dir, options=cfg.registry.options)
+        self.registry = plugins.registry(cfg.registry.kind, state_dir=project.state_dir, options=cfg.registry.options,
+                                         storage=project.storage)
         #: The inference token, and the operator token (feedback, monitoring, metrics, admin); with no operator token
         #: of its own, the inference token is the operator's too.
         self.token = token
@@ -159,7 +160,7 @@ class ModelServer:
         mon = cfg.monitoring
         #: Where captured samples and feedback are flushed (``None`` with ``monitoring.store: memory``).
         self.store: CaptureStore | None = None
-        if mon.store == "parquet":
+        if mon.store == "parquet" and capture_store:
             self.store = CaptureStore(project.capture_dir, max_pending=mon.max_pending, flush_s=mon.flush_interval_s,
                                       replica=replica, on_drop=self.metrics.capture_dropped.inc,
                                       on_write=self.metrics.capture_stored.inc)
@@ -283,7 +284,8 @@ class ModelServer:
     def _online(self, entities: dict[str, list[Any]]) -> pd.DataFrame:
         if self._store is None:
             f = self.project.config.features
-            self._store = self.plugins.feature_store(f.store, state_dir=self.project.state_dir, options=f.options)
+            self._store = self.plugins.feature_store(f.store, state_dir=self.project.state_dir, options=f.options,
+                                                     storage=self.project.storage)
         return self._service.online(self._store, entities)
 
     async def entity_columns(self, lv: LoadedVersion, entities: dict[str, list[Any]]) -> Columns:
