@@ -66,7 +66,7 @@ class DeploymentMonitor:
         """Samples a replica captured, with the routing table it serves (the newest generation wins)."""
         if table is not None and table.get("generation", -1) > self.generation:
             self._adopt(RoutingTable.from_config(table))
-        loaded = self.server._state.loaded
+        loaded = self.server.loaded
         for sample in samples:
             key = (sample[0], sample[1])
             lv = loaded.get(key)
@@ -82,7 +82,7 @@ class DeploymentMonitor:
         self.generation = table.generation
         capture_dir = self.server.project.capture_dir
         window = self.server.project.config.monitoring.window
-        for key, lv in self.server._state.loaded.items():
+        for key, lv in self.server.loaded.items():
             if key in self._seeded:
                 continue
             self._seeded.add(key)
@@ -135,7 +135,7 @@ class DeploymentMonitor:
 
     def status(self) -> dict[str, Any]:
         return {"generation": self.generation, "rows": self.rows,
-                "windows": {f"{n} v{v}": len(lv.capture.frame()) for (n, v), lv in self.server._state.loaded.items()}}
+                "windows": {f"{n} v{v}": len(lv.capture.frame()) for (n, v), lv in self.server.loaded.items()}}
 
 
 def monitor_actor(project: Project, token: str | None, operator_token: str | None) -> Any:

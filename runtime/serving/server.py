@@ -179,6 +179,11 @@ class ModelServer:
         return self._state.table
 
     @property
+    def loaded(self) -> Mapping[tuple[str, int], LoadedVersion]:
+        """The loaded versions, by ``(model, version)``."""
+        return self._state.loaded
+
+    @property
     def ready(self) -> bool:
         return bool(self._state.table.models)
 
