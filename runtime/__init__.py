@@ -29,6 +29,7 @@ from .registry import (
     parse_ref,
 )
 from .files import fsync_dir, write_atomic
+from .filesystems import Location, is_uri, open_location, require_reachable
 from .secrets import redact, redact_data
 from .storage_checks import check_local_filesystem
 from .tracking import (
@@ -82,6 +83,7 @@ __all__ = [
     "FeatureView",
     "IncrementalSource",
     "InvalidNameError",
+    "Location",
     "LoomError",
     "MetricPoint",
     "ModelRegistry",
@@ -114,12 +116,15 @@ __all__ = [
     "hash_files",
     "hash_frame",
     "hookimpl",
+    "is_uri",
     "fsync_dir",
     "load_project",
+    "open_location",
     "parse_config",
     "parse_ref",
     "redact",
     "redact_data",
+    "require_reachable",
     "resolve_path",
     "split_uri",
     "validate_batches",

@@ -562,6 +562,22 @@ class Project(BaseModel):
         return self.path(path) if path else self.state_dir / "capture"
 
     @property
+    def capture_uri(self) -> str:
+        """Where served traffic, feedback and drift history go, as a directory or file system URI (open it with
+        :func:`runtime.open_location`): ``monitoring.store_path``, else ``<storage.url>/capture`` when
+        ``storage.url`` is set, else :attr:`capture_dir`. May hold credentials: show it through :func:`runtime.redact`."""
+        path = self.config.monitoring.store_path
+        if path:
+            return path if _URL.match(path) else str(self.path(path))
+        url = self.storage.url
+        if url is not None:
+            if "?" in url:
+                base, query = url.split("?", 1)
+                return f"{base.rstrip('/')}/capture?{query}"
+            return f"{url.rstrip('/')}/capture"
+        return str(self.state_dir / "capture")
+
+    @property
     def quarantine_dir(self) -> Path:
         """Where rows that failed validation are set aside: ``data.bad_rows.path``, else ``<state_dir>/quarantine``."""
         path = self.config.data.bad_rows.path

@@ -1,0 +1,225 @@
+"""Where Loom's files live: a local directory, or any file system URI that several hosts share.
+
+:func:`open_location` turns what ``storage.url`` (or a plugin option) says into a :class:`Location`: a
+``pyarrow.fs`` file system plus the path under it. Local paths and ``file://`` URIs stay on the local disk (and
+writes there are fsynced); ``s3://`` honours ``AWS_ENDPOINT_URL`` (``AWS_ENDPOINT_URL_S3``) and the usual AWS
+credential chain, with short connection timeouts so that an unreachable endpoint fails in seconds instead of
+hanging; ``gs://``, ``hdfs://`` and ``abfs://`` go to pyarrow, and any other scheme to ``fsspec`` (``memory://``).
+
+A location never puts a credential into an error: every message shows the URI through :func:`runtime.redact`.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .errors import ConfigError
+from .files import write_atomic
+from .secrets import redact
+
+#: Seconds to wait for an object store's TCP connection, and for one request, before giving up (per attempt).
+CONNECT_TIMEOUT_S = float(os.environ.get("LOOM_STORAGE_CONNECT_TIMEOUT_S", "3"))
+REQUEST_TIMEOUT_S = float(os.environ.get("LOOM_STORAGE_REQUEST_TIMEOUT_S", "20"))
+#: Attempts per request (pyarrow's default AWS retry strategy with this many attempts).
+ATTEMPTS = int(os.environ.get("LOOM_STORAGE_ATTEMPTS", "3"))
+
+_S3_QUERY = {"region", "endpoint_override", "scheme", "allow_bucket_creation", "force_virtual_addressing"}
+
+
+def is_uri(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` names a file system other than the local disk (``s3://...``, ``gs://...``)."""
+    text = os.fspath(location)
+    return "://" in text and urlsplit(text).scheme not in ("", "file")
+
+
+def _s3(uri: str) -> tuple[Any, str]:
+    from pyarrow import fs as pafs
+
+    parts = urlsplit(uri)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = sorted(set(query) - _S3_QUERY)
+    if unknown:
+        raise ConfigError(f"unknown S3 option(s) {', '.join(unknown)} in {redact(uri)} (known: {', '.join(sorted(_S3_QUERY))})")
+    kwargs: dict[str, Any] = {}
+    endpoint = query.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+        "AWS_ENDPOINT_URL")
+    if endpoint:
+        ep = urlsplit(endpoint if "://" in endpoint else f"{query.get('scheme', 'https')}://{endpoint}")
+        kwargs.update(endpoint_override=ep.netloc + ep.path.rstrip("/"), scheme=query.get("scheme") or ep.scheme)
+    elif "scheme" in query:
+        kwargs["scheme"] = query["scheme"]
+    region = query.get("region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    if parts.username:  # s3://KEY:SECRET@bucket/prefix (better: the environment's credential chain)
+        kwargs.update(access_key=unquote(parts.username), secret_key=unquote(parts.password or ""))
+        bucket = parts.hostname or ""
+    else:
+        bucket = parts.netloc
+    for flag in ("allow_bucket_creation", "force_virtual_addressing"):
+        if flag in query:
+            kwargs[flag] = query[flag].lower() in ("1", "true", "yes")
+    if not bucket:
+        raise ConfigError(f"{redact(uri)} names no bucket (write s3://bucket/prefix)")
+    filesystem = pafs.S3FileSystem(connect_timeout=CONNECT_TIMEOUT_S, request_timeout=REQUEST_TIMEOUT_S,
+                                   retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=ATTEMPTS), **kwargs)
+    return filesystem, f"{bucket}{parts.path}".rstrip("/")
+
+
+def _open(uri: str) -> tuple[Any, str]:
+    from pyarrow import fs as pafs
+
+    scheme = urlsplit(uri).scheme
+    if scheme in ("s3", "s3a"):
+        return _s3(uri)
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+        return filesystem, path.rstrip("/")
+    except ValueError:  # pyarrow.ArrowInvalid: a scheme pyarrow has no file system for; try fsspec
+        pass
+    try:
+        import fsspec
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        fs, path = fsspec.url_to_fs(uri)
+    except (ImportError, ValueError) as err:
+        raise ConfigError(f"no file system handles {redact(uri)}: {redact(str(err))}") from None
+    return PyFileSystem(FSSpecHandler(fs)), str(path).rstrip("/")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A directory on some file system: ``fs`` (a ``pyarrow.fs.FileSystem``) and ``path`` under it. ``uri`` is what
+    was configured (show it through :attr:`shown`: it may hold credentials); ``local`` is True on the local disk."""
+
+    fs: Any
+    path: str
+    uri: str
+    local: bool
+
+    @property
+    def shown(self) -> str:
+        """The URI with any password or key replaced by ``***``."""
+        return redact(self.uri)
+
+    def child(self, *parts: str) -> Location:
+        """The location ``parts`` below this one."""
+        rel = "/".join(p.strip("/") for p in parts if p)
+        if not rel:
+            return self
+        uri = self.uri
+        if "?" in uri:  # keep a URI's options (endpoint_override=...) at its end
+            base, query = uri.split("?", 1)
+            uri = f"{base.rstrip('/')}/{rel}?{query}"
+        else:
+            uri = f"{uri.rstrip('/')}/{rel}"
+        return Location(self.fs, posixpath.join(self.path, rel) if self.path else rel, uri, self.local)
+
+    def _full(self, rel: str) -> str:
+        return posixpath.join(self.path, rel) if rel else self.path
+
+    def local_path(self, rel: str = "") -> Path:
+        """The local file system path of ``rel`` (only for a local location)."""
+        assert self.local, "not a local location"
+        return Path(self._full(rel))
+
+    def makedirs(self, rel: str = "") -> None:
+        self.fs.create_dir(self._full(rel), recursive=True)
+
+    def write_bytes(self, rel: str, data: bytes | bytearray | memoryview) -> None:
+        """Write ``rel`` so that readers see the whole file or none of it: fsync and rename on a local disk; on an
+        object store, one upload (which becomes visible at once) under the final name."""
+        full = self._full(rel)
+        if self.local:
+            Path(full).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(Path(full), bytes(data))
+            return
+        parent = posixpath.dirname(full)
+        if parent:
+            self.fs.create_dir(parent, recursive=True)
+        with self.fs.open_output_stream(full) as f:
+            f.write(data)
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The contents of ``rel``; :class:`FileNotFoundError` when it is not there."""
+        with self.fs.open_input_stream(self._full(rel)) as f:
+            return f.read()
+
+    def exists(self, rel: str = "") -> bool:
+        from pyarrow.fs import FileType
+
+        return self.fs.get_file_info(self._full(rel)).type != FileType.NotFound
+
+    def files(self, rel: str = "", suffix: str = "") -> list[str]:
+        """Paths (relative to this location) of every file under ``rel`` ending in ``suffix``, sorted; hidden files
+        and temporaries (``.name``) are left out. An absent directory has no files."""
+        from pyarrow.fs import FileSelector, FileType
+
+        base = self._full(rel)
+        try:
+            infos = self.fs.get_file_info(FileSelector(base, recursive=True, allow_not_found=True))
+        except FileNotFoundError:
+            return []
+        root = self.path.rstrip("/") + "/" if self.path else ""
+        out = [i.path[len(root):] if i.path.startswith(root) else i.path for i in infos
+               if i.type == FileType.File and i.path.endswith(suffix) and not i.base_name.startswith(".")]
+        return sorted(out)
+
+    def delete(self, rel: str) -> None:
+        with suppress(FileNotFoundError):
+            self.fs.delete_file(self._full(rel))
+
+    def check(self, what: str) -> Location:
+        """Make sure this location is reachable and writable now (create it, list it): a :class:`ConfigError` naming
+        ``what`` and the URI (redacted) otherwise, within seconds rather than a hang."""
+        try:
+            self.makedirs()
+            self.files(".loom-probe")  # one listing: reachable, and the bucket exists
+        except Exception as err:  # noqa: BLE001 - OSError, ArrowInvalid, botocore errors...: all say the same
+            raise ConfigError(f"cannot reach {what} at {self.shown}: {redact(str(err)).splitlines()[0][:300]}; "
+                              "check the URI, the endpoint (AWS_ENDPOINT_URL) and the credentials") from None
+        return self
+
+    def temporary(self, rel: str) -> str:
+        """A fresh hidden name next to ``rel``, for writing a file before moving it into place."""
+        head, tail = posixpath.split(rel)
+        return posixpath.join(head, f".{tail}.{uuid.uuid4().hex[:12]}.tmp")
+
+    def move(self, src: str, dst: str) -> None:
+        self.fs.move(self._full(src), self._full(dst))
+
+
+def open_location(location: str | os.PathLike[str], *, what: str = "storage") -> Location:
+    """The :class:`Location` for a directory path, a ``file://`` URI, or any other file system URI. Opening does no
+    I/O on an object store; call :meth:`Location.check` to fail fast when it is unreachable."""
+    from pyarrow import fs as pafs
+
+    text = os.fspath(location)
+    if not is_uri(text):
+        path = unquote(urlsplit(text).path) if text.startswith("file://") else text
+        resolved = str(Path(path).expanduser().resolve())
+        return Location(pafs.LocalFileSystem(), resolved, resolved, True)
+    try:
+        filesystem, path = _open(text)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - pyarrow's and fsspec's errors, in Loom's words
+        raise ConfigError(f"cannot open {what} at {redact(text)}: {redact(str(err)).splitlines()[0][:300]}") from None
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return Location(filesystem, path, text, True)
+    return Location(filesystem, path, text, False)
+
+
+def require_reachable(location: str | os.PathLike[str], *, what: str = "storage") -> Location:
+    """:func:`open_location`, then :meth:`Location.check`: for start-up, where an unreachable store must be said."""
+    return open_location(location, what=what).check(what)
+
+
+__all__ = ["Location", "is_uri", "open_location", "require_reachable"]
