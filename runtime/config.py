@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .features import FeatureService, FeatureView
@@ -410,6 +410,9 @@ class ServingConfig(_Strict):
     replicas: int = Field(1, ge=1, description="Serving replicas (ignored when `autoscaling` is set).")
     autoscaling: AutoscalingConfig | None = Field(None, description="Autoscale replicas instead of a fixed count.")
     replica_cpus: float = Field(0.5, gt=0, description="Logical CPUs reserved per replica.")
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="At most this many replicas on one node (1: one per node, so losing a node loses "
+        "one replica); unset: Ray Serve places them.")
     max_ongoing_requests: int = Field(128, ge=1, description="Requests a replica works on at once; they share "
                                       "dynamic batches.")
     max_queued_requests: int = Field(
@@ -546,6 +549,45 @@ class Project(BaseModel):
 
     root: Path
     config: ProjectConfig
+    #: The project file as written (``${VAR}`` not yet replaced), with any settings changed since: what
+    #: :meth:`spec` ships to processes on other nodes, which interpolate it from their own environment.
+    _raw: dict[str, Any] | None = PrivateAttr(None)
+
+    def spec(self) -> dict[str, Any]:
+        """What another process needs to open this project without reading its directory: the root (for relative
+        paths) and the project file's settings, secrets still as ``${VAR}`` when the project came from a file."""
+        if self._raw is not None:
+            data = self._raw
+        else:  # built in code: its settings as they are
+            data = self.config.model_dump(mode="json", exclude_unset=True)
+            storage = self.config.storage.model_dump(mode="json", exclude_none=True)
+            if storage:
+                data["storage"] = storage
+        return {"root": str(self.root), "data": data}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Project:
+        """The project :meth:`spec` describes, its ``${VAR}`` replaced from this process's environment."""
+        root = Path(spec["root"])
+        file = root / PROJECT_FILE
+        try:
+            data = interpolate(spec["data"])
+        except ConfigError as err:
+            raise ConfigError(f"{file}: {err}") from None
+        project = cls(root=root, config=parse_config(data, file))
+        project._raw = spec["data"]
+        return project
+
+    def with_serving(self, **updates: Any) -> Project:
+        """This project with some ``serving:`` settings changed (e.g. from the command line)."""
+        cfg = self.config
+        project = Project(root=self.root, config=cfg.model_copy(
+            update={"serving": cfg.serving.model_copy(update=updates)}))
+        if self._raw is not None:
+            raw = dict(self._raw)
+            raw["serving"] = {**(raw.get("serving") or {}), **updates}
+            project._raw = raw
+        return project
 
     @property
     def state_dir(self) -> Path:
@@ -650,8 +692,6 @@ def load_project(path: str | Path) -> Project:
         data = yaml.safe_load(file.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{file} is not valid YAML: {err}") from None
-    try:
-        data = interpolate(data)
-    except ConfigError as err:
-        raise ConfigError(f"{file}: {err}") from None
-    return Project(root=file.parent, config=parse_config(data, file))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file} must contain a mapping at the top level, got {type(data).__name__}")
+    return Project.from_spec({"root": str(file.parent), "data": data})

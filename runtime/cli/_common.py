@@ -71,11 +71,7 @@ def open_project(path: str, **serving: Any) -> Project:
     """Load the project at ``path``, with the ``serving`` settings given on the command line (``None``: unset)."""
     project = load_project(path)
     updates = {k: v for k, v in serving.items() if v is not None}
-    if updates:
-        cfg = project.config
-        project = Project(root=project.root, config=cfg.model_copy(
-            update={"serving": cfg.serving.model_copy(update=updates)}))
-    return project
+    return project.with_serving(**updates) if updates else project
 
 
 def served_project(path: str, address: str | None) -> Project:

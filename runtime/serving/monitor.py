@@ -48,10 +48,12 @@ def monitor_name(project: Project) -> str:
 class DeploymentMonitor:
     """The deployment's monitor (run as a Ray actor by :func:`monitor_actor`)."""
 
-    def __init__(self, root: str, token: str | None, operator_token: str | None):
-        project = load_project(root)
+    def __init__(self, project: str | dict, token: str | None, operator_token: str | None, shipped: bool = False):
+        # ``project``: a Project.spec() (or a project directory); ``shipped``: versions come from the depot
+        project = Project.from_spec(project) if isinstance(project, dict) else load_project(project)
         self.server = ModelServer(project, get_plugins(modules=project.config.plugins), token=token,
-                                  operator_token=operator_token, replica="monitor", capture_store=False)
+                                  operator_token=operator_token, replica="monitor", capture_store=False,
+                                  shipped=shipped)
         self.registry = CollectorRegistry()
         self.checks = DriftChecks(self.server, registry=self.registry)  # the deployment's one schedule
         self.generation = -1
@@ -138,14 +140,14 @@ class DeploymentMonitor:
                 "windows": {f"{n} v{v}": len(lv.capture.frame()) for (n, v), lv in self.server.loaded.items()}}
 
 
-def monitor_actor(project: Project, token: str | None, operator_token: str | None) -> Any:
+def monitor_actor(project: Project, token: str | None, operator_token: str | None, shipped: bool = False) -> Any:
     """The handle of the project's monitor, started on first use: detached (it outlives the process that started
     it; :func:`stop_monitor` ends it with the application) and restarted by Ray whenever it dies."""
     actor = ray.remote(DeploymentMonitor).options(
         name=monitor_name(project), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
         max_restarts=-1, max_task_retries=-1, num_cpus=0,  # one call at a time: a replica's samples arrive in order
         runtime_env=project_runtime_env(project))
-    return actor.remote(str(project.root), token, operator_token)
+    return actor.remote(project.spec(), token, operator_token, shipped)
 
 
 def stop_monitor(project: Project) -> None:

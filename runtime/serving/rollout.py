@@ -21,6 +21,7 @@ A step is transactional as far as two systems allow:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ from ..names import check_name
 from ..plugins import get_plugins
 from .app import LoomApp
 from .client import ServingClient, served_tokens, url_of
+from .depot import is_shared, ship, stop_depot
 from .monitor import RemoteChecks, monitor_actor, stop_monitor
 from .routing import RoutingTable
 from .server import ModelServer, check_exposure
@@ -50,16 +52,20 @@ log = logging.getLogger("loom.serving")
 class LoomIngress:
     """A Serve replica: builds its own plugin manager; :meth:`reconfigure` loads the versions the table names."""
 
-    def __init__(self, root: str, token: str | None, operator_token: str | None = None):
+    def __init__(self, project: str | dict, token: str | None, operator_token: str | None = None,
+                 shipped: bool = False):
+        # ``project``: the driver's Project.spec(), so that no replica reads the driver's disk (a project directory
+        # path is still taken); ``shipped``: versions come from the depot (a registry other nodes cannot read).
         try:
             replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 - outside a replica (local testing mode)
             replica = ""
-        self.server = ModelServer.from_project(root, token=token, operator_token=operator_token, replica=replica)
+        self.server = ModelServer.from_project(project, token=token, operator_token=operator_token, replica=replica,
+                                               shipped=shipped)
         checks = None
         if self.server.store is not None and self.server.project.config.monitoring.monitor is not None:
             # every replica's traffic goes to the deployment's one monitor, which answers every replica's routes
-            checks = RemoteChecks(self.server, monitor_actor(self.server.project, token, operator_token))
+            checks = RemoteChecks(self.server, monitor_actor(self.server.project, token, operator_token, shipped))
         self._loom_app = LoomApp(self.server, checks)  # (`app` is Serve's name)
 
     def __serve_build_asgi_app__(self) -> LoomApp:
@@ -93,6 +99,7 @@ def _code_version(project: Project, token: str | None, operator_token: str | Non
     """Changes when what a replica runs changes (Loom's code, the project, the tokens), not with the routing
     table."""
     h = hashlib.sha256(f"{__version__}\0{project.root}\0{token or ''}\0{operator_token or ''}".encode())
+    h.update(json.dumps(project.spec(), sort_keys=True, default=str).encode())  # replicas get the settings shipped
     for module in sorted((f for f in resources.files(__package__).iterdir() if f.name.endswith(".py")),
                          key=lambda f: f.name):
         h.update(module.read_bytes())
@@ -197,6 +204,8 @@ def deployment_options(project: Project, table: RoutingTable) -> dict[str, Any]:
         logging_config={"enable_access_log": False, "log_level": "WARNING"},
         user_config=table.to_config(),
     )
+    if cfg.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = cfg.max_replicas_per_node
     if cfg.autoscaling is not None:
         options["autoscaling_config"] = cfg.autoscaling.model_dump()
     else:
@@ -214,12 +223,29 @@ def _apply(project: Project, table: RoutingTable, *, expect: int, action: str, t
     _start_serve(cfg.host, cfg.port, cfg.proxy_location)
     deployment = serve.deployment(LoomIngress).options(version=_code_version(project, token, operator),
                                                        _internal=True, **deployment_options(project, table))
-    app = deployment.bind(str(project.root), token, operator)
+    shipped = _ship_versions(project, table)
+    app = deployment.bind(project.spec(), token, operator, shipped)
     _check_generation(project, expect, action)  # as late as possible: serve.run submits the table at once
     serve.run(app, name=app_name(project), route_prefix=cfg.route_prefix)
     url = url_of(project)
     _wait_serving(url, table, operator or token, timeout_s)
     return url
+
+
+def _ship_versions(project: Project, table: RoutingTable) -> bool:
+    """When the registry is one other nodes cannot read (``shared`` not set: SQLite, a local artifact directory),
+    put the versions ``table`` serves into the project's depot, for replicas on any node; returns whether it did."""
+    registry = _registry(project)
+    if is_shared(registry):
+        return False
+    live = [(n, v) for n, r in table.models.items() for v in r.live]
+    try:
+        before = current_table(project)
+        keep = [(n, v) for n, r in before.models.items() for v in r.live]
+    except LoomError:
+        keep = []
+    ship(project, registry, live, keep)
+    return True
 
 
 def _wait_serving(url: str, table: RoutingTable, token: str | None, timeout_s: float) -> None:
@@ -351,10 +377,11 @@ def scale_to_zero(project: Project, model: str, version: int | None = None, *,
 
 
 def shutdown(project: Project) -> None:
-    """Remove the project's application and its monitor (Serve itself keeps running for the cluster)."""
+    """Remove the project's application, its monitor and its depot (Serve itself keeps running for the cluster)."""
     try:
         serve.delete(app_name(project))
     except Exception as err:  # noqa: BLE001 - report, in Loom's words
         raise NotFoundError(f"no serving application {app_name(project)!r} to stop ({err})") from None
     finally:
         stop_monitor(project)
+        stop_depot(project)

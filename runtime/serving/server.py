@@ -25,6 +25,7 @@ from ..monitoring import TENSOR_STATS
 from ..plugins import Plugins, get_plugins
 from .batching import MicroBatcher
 from .capture import Capture, CaptureStore
+from .depot import DepotRegistry
 from .encoding import FeatureEncoder
 from .metrics import ServingMetrics
 from .oip import label_datatype
@@ -140,12 +141,19 @@ class ModelServer:
     """Everything a serving replica holds. Build it with :meth:`from_project`, then :meth:`apply` a table."""
 
     def __init__(self, project: Project, plugins: Plugins, *, token: str | None = None,
-                 operator_token: str | None = None, replica: str = "", capture_store: bool = True):
+                 operator_token: str | None = None, replica: str = "", capture_store: bool = True,
+                 shipped: bool = False):
         self.project = project
         self.plugins = plugins
         cfg = project.config
-        self.registry = plugins.registry(cfg.registry.kind, state_dir=project.state_dir, options=cfg.registry.options,
-                                         storage=project.storage)
+
+        def open_registry() -> Any:
+            return plugins.registry(cfg.registry.kind, state_dir=project.state_dir, options=cfg.registry.options,
+                                    storage=project.storage)
+
+        #: Where versions are read from: the registry itself, or (``shipped``: a registry other nodes cannot read)
+        #: the project's depot of versions shipped through Ray's object store (:mod:`.depot`).
+        self.registry: Any = DepotRegistry(project, open_registry) if shipped else open_registry()
         #: The inference token, and the operator token (feedback, monitoring, metrics, admin); with no operator token
         #: of its own, the inference token is the operator's too.
         self.token = token
@@ -166,11 +174,18 @@ class ModelServer:
                                       on_write=self.metrics.capture_stored.inc)
 
     @classmethod
-    def from_project(cls, root: str, *, token: str | None = None, operator_token: str | None = None,
-                     replica: str = "") -> ModelServer:
-        project = load_project(root)
+    def from_project(cls, root: str | Project | dict, *, token: str | None = None, operator_token: str | None = None,
+                     replica: str = "", shipped: bool = False) -> ModelServer:
+        """The server of a project: a directory (read here), a :class:`Project`, or a :meth:`Project.spec` (as a
+        replica gets it, so that it reads nothing from the driver's disk)."""
+        if isinstance(root, Project):
+            project = root
+        elif isinstance(root, dict):
+            project = Project.from_spec(root)
+        else:
+            project = load_project(root)
         return cls(project, get_plugins(modules=project.config.plugins), token=token, operator_token=operator_token,
-                   replica=replica)
+                   replica=replica, shipped=shipped)
 
     # -- the routing table -------------------------------------------------------------------------------------
 
