@@ -26,7 +26,7 @@ def registry(root: Path):
     project = load_project(root)
     r = project.config.registry
     return get_plugins(modules=project.config.plugins).registry(r.kind, state_dir=project.state_dir,
-                                                                options=r.options)
+                                                                options=r.options, storage=project.storage)
 
 
 def data(root: Path) -> pd.DataFrame:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port, make_project
+from conftest import edit_config, free_port, make_project
+from runtime import load_project
+from serving_models import data, records, register_version
+from services import fresh_database
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +59,7 @@ def _wait(predicate, timeout: float, what: str):
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory):
+def two_nodes(tmp_path_factory, s3_server, postgres_url):
     # Ray's token auth: every process talking to the cluster (nodes, CLI, this test's state/jobs clients) sends
     # the token from ~/.ray/auth_token.
     previous = os.environ.get("RAY_AUTH_MODE")
@@ -65,6 +69,13 @@ def two_nodes(tmp_path_factory):
     # stats/metrics ports are taken there); a `ray start` cluster uses what its operator exports.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_") and k != "RAY_API_SERVER_ADDRESS"}
     env.update(RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+    # As an operator gives every node its credentials: the object store's, and the database URL that loom.yaml
+    # names as ${LOOM_TEST_DB} (interpolated on each node, never shipped).
+    db = fresh_database(postgres_url)
+    env.update(s3_server.env(), LOOM_TEST_DB=db)
+    # Serve's proxy sends a request to a replica on its own node when it has one free: spread them instead, so
+    # that the replica on the second node takes traffic without a load that would starve this 2-core machine.
+    env["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
     # As an operator starts nodes: from the environment Loom is installed in (an activated venv puts `loom` on
     # PATH; a job's entrypoint runs with the node's PATH). pytest itself may run as `.venv/bin/python -m pytest`.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -88,12 +99,16 @@ def two_nodes(tmp_path_factory):
                 _wait(lambda: JobSubmissionClient(dashboard).get_version(), 180, "the head node")
             except TimeoutError:
                 raise TimeoutError("head node did not come up:\n" + (logs / "head.log").read_text()[-3000:]) from None
+            # the second node runs from a working directory of its own
+            elsewhere = tmp_path_factory.mktemp("second-node")
             nodes.append(subprocess.Popen([RAY, "start", "--address", f"127.0.0.1:{gcs}",
                                            "--dashboard-agent-listen-port", str(free_port()), *common], env=env,
-                                          stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT))
+                                          cwd=elsewhere, stdout=open(logs / "worker.log", "w"),
+                                          stderr=subprocess.STDOUT))
             _wait(lambda: len([n for n in list_nodes(address=dashboard) if n.state == "ALIVE"]) == 2, 180,
                   "two nodes")
-        yield {"dashboard": dashboard, "gcs": f"127.0.0.1:{gcs}", "env": env, "head": nodes[0], "worker": nodes[1]}
+        yield {"dashboard": dashboard, "gcs": f"127.0.0.1:{gcs}", "env": env, "head": nodes[0], "worker": nodes[1],
+               "db": db}
     finally:  # also when setup fails: never leave a cluster running behind the test session
         for proc in reversed(nodes):
             proc.terminate()
@@ -114,6 +129,56 @@ def _actors(dashboard: str, class_prefix: str, state: str) -> list:
         found = list_actors(address=dashboard, detail=True, limit=10_000)
     return [a for a in found
             if a.class_name.startswith(class_prefix) and a.state == state]
+
+
+def test_two_nodes_share_state_through_storage_and_one_monitor_sees_every_replica(two_nodes, s3_server,
+                                                                                 tmp_path, monkeypatch):
+    """State on PostgreSQL + S3: the version is registered, then the driver's state directory is deleted; two
+    replicas on different nodes load it from storage, and the deployment's monitor counts every row served."""
+    bucket = s3_server.bucket("loom-two-nodes")
+    for k, v in {**s3_server.env(), "LOOM_TEST_DB": two_nodes["db"]}.items():
+        monkeypatch.setenv(k, v)
+    port = free_port()
+    project = make_project(tmp_path / "project", port=port,
+                           serving={"replicas": 2, "replica_cpus": 0.5, "max_replicas_per_node": 1,
+                                    "proxy_location": "HeadOnly", "route_prefix": "/shared"},
+                           monitoring={"window": 100_000, "interval_s": None, "flush_interval_s": 0.5})
+    edit_config(project, "storage", url=f"s3://{bucket}/loom", db="${LOOM_TEST_DB}")
+    register_version(project, seed=1, alias="production")
+    state = load_project(project).state_dir
+    shutil.rmtree(state, ignore_errors=True)  # nothing of the project's state is on any node's disk now
+
+    env = {**two_nodes["env"], "RAY_ADDRESS": two_nodes["gcs"], "RAY_API_SERVER_ADDRESS": two_nodes["dashboard"]}
+    out = subprocess.run([LOOM, "deploy", str(project), "--detach"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    try:
+        replicas = [a for a in _actors(two_nodes["dashboard"], "ServeReplica:", "ALIVE") if "ingress" in a.class_name]
+        assert len(replicas) == 2 and len({a.node_id for a in replicas}) == 2, [(a.class_name, a.node_id)
+                                                                                for a in replicas]
+        url = f"http://127.0.0.1:{port}/shared"
+        frame = data(project)
+        sent, seen = 0, set()
+        with httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            deadline = time.monotonic() + 120
+            while (len(seen) < 2 or sent < 400) and time.monotonic() < deadline:
+                r = client.post("/predict/churn", json=records(frame.sample(10, random_state=sent)))
+                assert r.status_code == 200, r.text
+                sent += 10
+                seen |= {line.split('replica="', 1)[1].split('"', 1)[0]
+                         for line in client.get("/metrics").text.splitlines()
+                         if line.startswith("loom_requests_total{")}
+            assert len(seen) == 2, f"HAProxy never reached both replicas: {seen}"
+            deadline, answers = time.monotonic() + 60, []
+            while time.monotonic() < deadline:
+                answers = [client.get("/monitoring/churn/drift").json() for _ in range(6)]
+                if all(a.get("n_current") == sent for a in answers):
+                    break
+                time.sleep(0.5)
+            assert [a.get("n_current") for a in answers] == [sent] * 6, answers[:1]
+        assert not state.exists(), "something wrote the driver's state directory instead of the shared storage"
+    finally:
+        subprocess.run([LOOM, "scale-to-zero", str(project)], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_life_cycle_on_two_nodes_survives_losing_one(two_nodes, tmp_path):
