@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import posixpath
+import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import ConfigError
-from .files import write_atomic
+from .files import fsync_dir, write_atomic
 from .secrets import redact
 
 #: Seconds to wait for an object store's TCP connection, and for one request, before giving up (per attempt).
@@ -39,7 +41,7 @@ def is_uri(location: str | os.PathLike[str]) -> bool:
     return "://" in text and urlsplit(text).scheme not in ("", "file")
 
 
-def _s3(uri: str) -> tuple[Any, str]:
+def _s3(uri: str, *, request_timeout_s: float | None = None, attempts: int | None = None) -> tuple[Any, str]:
     from pyarrow import fs as pafs
 
     parts = urlsplit(uri)
@@ -68,17 +70,19 @@ def _s3(uri: str) -> tuple[Any, str]:
             kwargs[flag] = query[flag].lower() in ("1", "true", "yes")
     if not bucket:
         raise ConfigError(f"{redact(uri)} names no bucket (write s3://bucket/prefix)")
-    filesystem = pafs.S3FileSystem(connect_timeout=CONNECT_TIMEOUT_S, request_timeout=REQUEST_TIMEOUT_S,
-                                   retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=ATTEMPTS), **kwargs)
+    request_timeout = REQUEST_TIMEOUT_S if request_timeout_s is None else request_timeout_s
+    retry = pafs.AwsStandardS3RetryStrategy(max_attempts=ATTEMPTS if attempts is None else attempts)
+    filesystem = pafs.S3FileSystem(connect_timeout=CONNECT_TIMEOUT_S, request_timeout=request_timeout,
+                                   retry_strategy=retry, **kwargs)
     return filesystem, f"{bucket}{parts.path}".rstrip("/")
 
 
-def _open(uri: str) -> tuple[Any, str]:
+def _open(uri: str, **s3_timeouts: Any) -> tuple[Any, str]:
     from pyarrow import fs as pafs
 
     scheme = urlsplit(uri).scheme
     if scheme in ("s3", "s3a"):
-        return _s3(uri)
+        return _s3(uri, **s3_timeouts)
     try:
         filesystem, path = pafs.FileSystem.from_uri(uri)
         return filesystem, path.rstrip("/")
@@ -130,6 +134,10 @@ class Location:
         assert self.local, "not a local location"
         return Path(self._full(rel))
 
+    def fs_path(self, rel: str = "") -> str:
+        """The path of ``rel`` on :attr:`fs`, as ``pyarrow`` readers take it (``filesystem=location.fs``)."""
+        return self._full(rel)
+
     def makedirs(self, rel: str = "") -> None:
         self.fs.create_dir(self._full(rel), recursive=True)
 
@@ -146,6 +154,60 @@ class Location:
             self.fs.create_dir(parent, recursive=True)
         with self.fs.open_output_stream(full) as f:
             f.write(data)
+
+    def write_file(self, rel: str, fill: Callable[[Any], None]) -> None:
+        """Write ``rel`` by streaming into it: ``fill(f)`` writes to a binary file object. Readers see the previous
+        file (or none) until the whole new one is in place: ``fill`` writes a hidden temporary next to ``rel``
+        (:meth:`temporary`; fsynced on a local disk), which is then moved over ``rel`` (an ``os.replace`` locally, a
+        server-side copy on an object store). If ``fill`` or the upload fails, the temporary is removed; a writer
+        killed midway leaves at most a hidden temporary (see :meth:`remove_temporaries`)."""
+        full, tmp = self._full(rel), self._full(self.temporary(rel))
+        if self.local:
+            parent = Path(full).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(tmp, "wb") as f:
+                    fill(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, full)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            fsync_dir(parent)
+            return
+        parent_key = posixpath.dirname(full)
+        if parent_key:
+            self.fs.create_dir(parent_key, recursive=True)
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                fill(f)
+            self.fs.move(tmp, full)
+        except BaseException:
+            with suppress(Exception):  # noqa: BLE001 - best effort: the original error is what matters
+                self.fs.delete_file(tmp)
+            raise
+
+    def remove_temporaries(self, rel: str = "", older_than_s: float = 3600.0) -> int:
+        """Delete the temporaries (hidden ``.*.tmp`` files, as :meth:`temporary` names them) directly under ``rel``
+        that were last modified more than ``older_than_s`` seconds ago: what writers killed mid-write leave behind.
+        Returns how many were removed."""
+        from pyarrow.fs import FileSelector, FileType
+
+        try:
+            infos = self.fs.get_file_info(FileSelector(self._full(rel), recursive=False, allow_not_found=True))
+        except FileNotFoundError:
+            return 0
+        cutoff_ns = time.time_ns() - int(older_than_s * 1e9)
+        removed = 0
+        for info in infos:
+            name = info.base_name
+            if info.type == FileType.File and name.startswith(".") and name.endswith(".tmp") \
+                    and info.mtime_ns is not None and info.mtime_ns < cutoff_ns:
+                with suppress(FileNotFoundError):
+                    self.fs.delete_file(info.path)
+                    removed += 1
+        return removed
 
     def read_bytes(self, rel: str) -> bytes:
         """The contents of ``rel``; :class:`FileNotFoundError` when it is not there."""
@@ -196,9 +258,12 @@ class Location:
         self.fs.move(self._full(src), self._full(dst))
 
 
-def open_location(location: str | os.PathLike[str], *, what: str = "storage") -> Location:
+def open_location(location: str | os.PathLike[str], *, what: str = "storage", request_timeout_s: float | None = None,
+                  attempts: int | None = None) -> Location:
     """The :class:`Location` for a directory path, a ``file://`` URI, or any other file system URI. Opening does no
-    I/O on an object store; call :meth:`Location.check` to fail fast when it is unreachable."""
+    I/O on an object store; call :meth:`Location.check` to fail fast when it is unreachable. On S3,
+    ``request_timeout_s`` and ``attempts`` replace :data:`REQUEST_TIMEOUT_S` and :data:`ATTEMPTS`, e.g. for a
+    start-up probe (:meth:`Location.check`) that should give up sooner on an endpoint that never answers."""
     from pyarrow import fs as pafs
 
     text = os.fspath(location)
@@ -207,7 +272,7 @@ def open_location(location: str | os.PathLike[str], *, what: str = "storage") ->
         resolved = str(Path(path).expanduser().resolve())
         return Location(pafs.LocalFileSystem(), resolved, resolved, True)
     try:
-        filesystem, path = _open(text)
+        filesystem, path = _open(text, request_timeout_s=request_timeout_s, attempts=attempts)
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 - pyarrow's and fsspec's errors, in Loom's words

@@ -60,6 +60,13 @@ class ModelRegistry(Protocol):
     :class:`runtime.InvalidNameError` before anything is written. A registry may also implement
     :class:`runtime.Tracker` (experiment tracking); the pipeline then records each training run in it and links
     the registered version to that run.
+
+    Optional attributes (read with ``getattr(registry, name, default)``; a registry need not define them):
+
+    - ``shared`` (optional, default False): whether serving replicas on other nodes can read it directly; when
+      False Loom ships the versions it serves through Ray's object store. True only when every node reaches both
+      the metadata and the artifacts on its own (the ``local`` registry on PostgreSQL with artifacts on ``s3://``
+      or another object store), never for a store on one host's disk.
     """
 
     def register(

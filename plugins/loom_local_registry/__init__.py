@@ -25,7 +25,13 @@ Options (``registry.options``), which win over ``storage:``:
 Relative paths are taken relative to the project's state directory. ``path`` must be on a local file system
 (SQLite's locking and WAL mode do not work over NFS/SMB/FUSE): the registry refuses to open on a network file
 system unless ``LOOM_ALLOW_NETWORK_FS=1``; many processes on one machine may use it at once. State shared across
-hosts belongs in PostgreSQL and object storage.
+hosts belongs in PostgreSQL and object storage; with both, :attr:`LocalRegistry.shared` is True and serving
+replicas on any node read versions straight from them.
+
+Storage that cannot be reached fails the registry's creation within seconds with a :class:`runtime.ConfigError`
+naming it, its password redacted: PostgreSQL gets a 5 s ``connect_timeout`` (the URL's own
+``?connect_timeout=`` wins), the artifact store is opened with :func:`runtime.open_location` (S3: short
+connection timeouts, ``AWS_ENDPOINT_URL``) and listed once.
 
 This plugin uses only ``runtime``'s public API, exactly as a third-party registry would.
 """

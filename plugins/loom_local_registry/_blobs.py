@@ -5,6 +5,11 @@ re-registering unchanged weights costs nothing, and a blob's name is its checksu
 on every read. Blobs are written to a temporary name next to their destination and renamed into place: a reader
 never sees a partial blob, and a crash leaves at most a stray ``.tmp`` file. On a local disk every step is
 fsynced; on an object store (``s3://``, ``gs://``, ...) the upload itself is what becomes visible atomically.
+
+A URI is opened with :func:`runtime.open_location` (S3 with short timeouts and ``AWS_ENDPOINT_URL``) and checked at
+once, so a missing bucket, an endpoint that cannot be reached or refused credentials are a
+:class:`runtime.ConfigError` naming the URI (credentials redacted) when the registry opens, within seconds, rather
+than an error or a hang at the first write.
 """
 
 from __future__ import annotations
@@ -18,11 +23,20 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from runtime import ConfigError, LoomError, fsync_dir, write_atomic
+from runtime import LoomError, fsync_dir, open_location, redact, write_atomic
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 #: Blobs are immutable once written; read-only permissions guard against accidental edits in place.
 _BLOB_MODE = 0o444
+#: URI schemes whose file system lives in one process or on one host, however they are spelled.
+_HOST_LOCAL_SCHEMES = frozenset({"file", "local", "memory"})
+#: What the artifact store is called in errors.
+_WHAT = "the model registry's artifact store"
+#: On S3 the reachability check at opening runs on a probe with shorter requests and fewer attempts than the
+#: store's own (20 s, 3 attempts, sized for big uploads), so an endpoint that accepts connections and never answers
+#: is reported in about 13 s rather than two minutes; a refused connection or a missing bucket in a second or two.
+PROBE_REQUEST_TIMEOUT_S = 3.0
+PROBE_ATTEMPTS = 2
 
 
 def _makedirs_durable(path: Path) -> None:
@@ -39,6 +53,8 @@ class Blobs(Protocol):
     """What the registry needs from an artifact store."""
 
     location: str
+    #: Whether the nodes of a cluster can all read this store on their own (an object store, not a local disk).
+    shared: bool
 
     def put(self, data: bytes | bytearray | memoryview) -> str: ...
 
@@ -83,6 +99,8 @@ def open_blobs(root: str | os.PathLike[str]) -> Blobs:
 class BlobStore:
     """SHA-256 addressed files under a local directory ``root``, written durably (fsync, then rename)."""
 
+    shared = False
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.location = str(root)
@@ -114,33 +132,22 @@ class BlobStore:
 
 
 class FileSystemBlobStore:
-    """SHA-256 addressed objects under a file system URI, through ``pyarrow.fs`` (or ``fsspec`` for schemes
-    pyarrow lacks). Storing content that is already there reads it back to check it (cheaper than uploading it
-    again, and a damaged copy is replaced); every read verifies the digest."""
+    """SHA-256 addressed objects under a file system URI, opened with :func:`runtime.open_location` (``pyarrow.fs``,
+    or ``fsspec`` for schemes pyarrow lacks) and checked to be reachable before anything else. Storing content that
+    is already there reads it back to check it (cheaper than uploading it again, and a damaged copy is replaced);
+    every read verifies the digest."""
 
     def __init__(self, uri: str) -> None:
-        import pyarrow.fs as pafs
-
         self.location = uri.rstrip("/")
-        try:
-            self._fs, root = pafs.FileSystem.from_uri(uri)
-        except ValueError:  # pyarrow.ArrowInvalid: a scheme pyarrow has no file system for
-            self._fs, root = self._fsspec(uri)
-        except OSError as err:
-            raise ConfigError(f"cannot open the artifact root {uri!r}: {err}") from None
-        self._root = root.rstrip("/")
+        location = open_location(uri, what=_WHAT)
+        probe = location
+        if urlsplit(uri).scheme.lower() in ("s3", "s3a"):
+            probe = open_location(uri, what=_WHAT, request_timeout_s=PROBE_REQUEST_TIMEOUT_S, attempts=PROBE_ATTEMPTS)
+        probe.check(_WHAT)  # a ConfigError naming the URI (redacted) within seconds: no bucket, dead endpoint, ...
+        self._fs, self._root = location.fs, location.path.rstrip("/")
+        #: Every node can read it: not a file system that lives on one host or in one process.
+        self.shared = not location.local and urlsplit(uri).scheme.lower() not in _HOST_LOCAL_SCHEMES
         self._fs.create_dir(f"{self._root}/sha256", recursive=True)
-
-    @staticmethod
-    def _fsspec(uri: str) -> tuple[object, str]:
-        import fsspec
-        from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-        try:
-            fs, root = fsspec.url_to_fs(uri)
-        except (ImportError, ValueError) as err:
-            raise ConfigError(f"no file system handles the artifact root {uri!r}: {err}") from None
-        return PyFileSystem(FSSpecHandler(fs)), root
 
     def _key(self, digest: str) -> str:
         _check_digest(digest)
@@ -179,7 +186,7 @@ class FileSystemBlobStore:
 
     def read(self, digest: str, what: str) -> bytes:
         key = self._key(digest)
-        where = f"{self.location}/sha256/{digest[:2]}/{digest}"
+        where = redact(f"{self.location}/sha256/{digest[:2]}/{digest}")
         try:
             with self._fs.open_input_stream(key) as f:
                 data = f.read()

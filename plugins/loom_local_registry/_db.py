@@ -16,7 +16,11 @@ PostgreSQL (``storage.db: postgresql://...``, through psycopg 3)
     READ COMMITTED and lock what they change: the ``models`` row of the model they touch (``UPDATE ... RETURNING``
     allocates the version number; other writes read it ``FOR UPDATE``, which :attr:`Connection.lock` adds) and the
     ``runs`` row of the run. So writes to one model are serialised exactly as SQLite serialises all writes, while
-    reads run in a REPEATABLE READ READ ONLY snapshot. ``lock_timeout`` plays ``busy_timeout``'s part.
+    reads run in a REPEATABLE READ READ ONLY snapshot. ``lock_timeout`` plays ``busy_timeout``'s part. A server
+    that does not answer is given :data:`CONNECT_TIMEOUT_S` (libpq's ``connect_timeout``, per address; the URL's
+    own ``?connect_timeout=`` or ``PGCONNECT_TIMEOUT`` wins), and opening the registry connects at once, so an
+    unreachable server, a wrong host or a wrong password is a :class:`runtime.ConfigError` naming the URL (its
+    password redacted, also from the driver's own message) within seconds, not a hang at the first query.
 
 Schema migrations are numbered and recorded in a ``schema_version`` table in both; a migration runs in one
 transaction (PostgreSQL's DDL is transactional too), under the write lock in SQLite and a transaction-level
@@ -34,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from runtime import ConfigError, LoomError, redact
 
@@ -238,6 +242,34 @@ DEFAULT_SCHEMA = "loom_registry"
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 #: Idle connections a process keeps per database; more may be open at once, the rest are closed when returned.
 POOL_IDLE = 8
+#: Seconds to wait for a PostgreSQL server to answer one connection attempt (libpq's ``connect_timeout``, per
+#: address) unless the URL's ``?connect_timeout=`` or ``PGCONNECT_TIMEOUT`` says otherwise.
+CONNECT_TIMEOUT_S = 5
+_MASK = "***"
+
+
+def _secrets_of(url: str) -> set[str]:
+    """The password of ``url`` (user info or ``?password=``), as written and percent-decoded."""
+    found: set[str] = set()
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            found |= {parts.password, unquote(parts.password)}
+        for value in parse_qs(parts.query).get("password", []):
+            found |= {value, unquote(value)}
+    except ValueError:  # an unparseable URL: redact() below still masks what looks like user info
+        pass
+    return {s for s in found if s}
+
+
+def scrub(text: object, url: str) -> str:
+    """``text`` (a message about ``url``, perhaps the driver's own) on one line, without the URL's password in any
+    spelling: libpq quotes pieces of a connection string it cannot parse (``invalid percent-encoded token:
+    "<password>"``), which :func:`runtime.redact` alone, looking for ``user:password@``, would not catch."""
+    shown = redact(text)
+    for secret in sorted(_secrets_of(url), key=len, reverse=True):
+        shown = shown.replace(secret, _MASK)
+    return " ".join(shown.split())
 
 
 class PostgresDatabase(_Database):
@@ -257,6 +289,8 @@ class PostgresDatabase(_Database):
         self.schema = schema
         self.location = f"{redact(url)} (schema {schema})"
         self._reset_pool()
+        # Connect now: an unreachable server or a refused login is a configuration problem, said at start-up.
+        self._checkin(self._connect(ConfigError))
         self._migrate([[_postgres(s) for s in migration] for migration in _MIGRATIONS], _postgres(_SCHEMA_TABLE))
 
     # -- connections -------------------------------------------------------------------------------------------
@@ -272,17 +306,36 @@ class PostgresDatabase(_Database):
         self.__dict__.update(state)
         self._reset_pool()
 
-    def _connect(self) -> Any:
+    def _connect_timeout(self) -> dict[str, Any]:
+        """``connect_timeout=`` for :func:`psycopg.connect`, unless the URL or ``PGCONNECT_TIMEOUT`` sets one."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        if "connect_timeout" in conninfo_to_dict(self._conninfo) or os.environ.get("PGCONNECT_TIMEOUT"):
+            return {}
+        return {"connect_timeout": CONNECT_TIMEOUT_S}
+
+    def _connect(self, error: type[LoomError] = LoomError) -> Any:
+        """A new connection with the registry's session settings; ``error`` (with a one-line message naming the
+        redacted URL and what the driver said, the password scrubbed from both) when there is none to be had."""
         import psycopg
         from psycopg import sql
 
+        started = time.monotonic()
         try:
-            conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10)
+            conn = psycopg.connect(self._conninfo, autocommit=True, **self._connect_timeout())
         except psycopg.Error as err:
-            raise LoomError(f"cannot connect to the model registry's database {redact(self.url)}: "
-                            f"{redact(err)}") from None
-        conn.execute(sql.SQL("SET search_path TO {}; SET lock_timeout = {}").format(
-            sql.Identifier(self.schema), sql.Literal(f"{BUSY_TIMEOUT_MS}ms")))
+            waited = time.monotonic() - started
+            after = f" (after {waited:.0f} s)" if waited >= 1 else ""
+            raise error(
+                f"cannot connect to the model registry's database {redact(self.url)}{after}: {scrub(err, self.url)}; "
+                "check storage.db (host, port, database, user and password) and that the server accepts connections "
+                "from this host") from None
+        try:
+            conn.execute(sql.SQL("SET search_path TO {}; SET lock_timeout = {}").format(
+                sql.Identifier(self.schema), sql.Literal(f"{BUSY_TIMEOUT_MS}ms")))
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _checkout(self) -> tuple[Any, bool]:

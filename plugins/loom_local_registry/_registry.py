@@ -21,7 +21,7 @@ from runtime import (
 )
 
 from ._blobs import open_blobs
-from ._db import Connection, open_database
+from ._db import Connection, PostgresDatabase, open_database
 from ._runs import RunTracking
 from ._values import check_artifacts, check_tags, check_version, listing, to_json
 
@@ -39,7 +39,9 @@ class LocalRegistry(RunTracking):
     so a crash at any point leaves either the whole version or none of it (plus, at worst, unreferenced blobs).
     Version numbers are allocated inside that transaction and never reused, even after :meth:`delete_version`.
     The object holds only locations (each call opens its own SQLite connection, or takes a PostgreSQL one from a
-    per-process pool that is not pickled), so it can be pickled to other processes.
+    per-process pool that is not pickled), so it can be pickled to other processes. Opening one connects to its
+    database and checks its artifact store, so storage that cannot be reached is a :class:`runtime.ConfigError`
+    naming it (credentials redacted) within seconds; :attr:`shared` says whether other nodes can read it too.
     """
 
     def __init__(self, path: Path | None, artifact_root: str | os.PathLike[str], *, db: str | None = None,
@@ -54,6 +56,14 @@ class LocalRegistry(RunTracking):
         self.location = self._db.location
         self._blobs = open_blobs(artifact_root)
         self.artifact_root = self._blobs.location
+
+    @property
+    def shared(self) -> bool:
+        """Whether every node of a cluster can read this registry on its own: metadata on PostgreSQL and artifacts
+        on an object store or other shared file system URI (``s3://``, ``gs://``, ...). False with SQLite or a
+        local artifact directory (also a ``file://`` one: Loom cannot tell a shared mount from a local disk); Loom
+        then ships the versions it serves to other nodes through Ray's object store."""
+        return isinstance(self._db, PostgresDatabase) and bool(getattr(self._blobs, "shared", False))
 
     def __repr__(self) -> str:
         return f"LocalRegistry(metadata={self.location!r}, artifact_root={redact(self.artifact_root)!r})"

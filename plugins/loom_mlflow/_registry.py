@@ -184,6 +184,31 @@ class MlflowRegistry:
         return {**self.__dict__, "_client": None}
 
     @property
+    def shared(self) -> bool:
+        """Whether serving replicas on other nodes can read this registry directly: both stores are a tracking
+        server (``http(s)://``) or a database server (any SQLAlchemy URL but ``sqlite``), and Loom's experiments
+        keep their artifacts at a URI every node reaches (``s3://``, ``gs://``, ...; ``mlflow-artifacts:`` through a
+        tracking server). False for a SQLite store, a local artifact directory (also ``file://``: Loom cannot tell
+        a shared mount from a local disk), and a tracking server left to choose the artifact location (Loom cannot
+        see where that is); Loom then ships the versions it serves through Ray's object store."""
+        from urllib.parse import urlsplit
+
+        def scheme(uri: str) -> str:
+            found = urlsplit(uri).scheme.lower()
+            return found if len(found) > 1 else ""  # C:\... is a Windows path, not a URI
+
+        def served(uri: str) -> bool:
+            kind = scheme(uri)
+            return kind in ("http", "https") or kind.split("+", 1)[0] in ("postgresql", "postgres", "mysql", "mssql")
+
+        if not (served(self.tracking_uri) and served(self.registry_uri)) or self.artifact_root is None:
+            return False
+        artifacts = scheme(self.artifact_root)
+        if artifacts == "mlflow-artifacts":  # proxied by the tracking server
+            return scheme(self.tracking_uri) in ("http", "https")
+        return artifacts not in ("", "file", "local", "memory")
+
+    @property
     def client(self) -> MlflowClient:
         if self._client is None:
             with self._errors("connecting"):
