@@ -29,7 +29,7 @@ from .registry import (
     parse_ref,
 )
 from .files import fsync_dir, write_atomic
-from .filesystems import Location, is_uri, open_location, require_reachable
+from .filesystems import Location, is_uri, join_uri, open_location, require_reachable
 from .secrets import redact, redact_data
 from .storage_checks import check_local_filesystem
 from .tracking import (
@@ -117,6 +117,7 @@ __all__ = [
     "hash_frame",
     "hookimpl",
     "is_uri",
+    "join_uri",
     "fsync_dir",
     "load_project",
     "open_location",

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from .errors import ConfigError
 from .features import FeatureService, FeatureView
 from .names import check_name
+from .filesystems import join_uri
 from .secrets import interpolate, redact
 
 PROJECT_FILE = "loom.yaml"
@@ -612,12 +613,7 @@ class Project(BaseModel):
         if path:
             return path if _URL.match(path) else str(self.path(path))
         url = self.storage.url
-        if url is not None:
-            if "?" in url:
-                base, query = url.split("?", 1)
-                return f"{base.rstrip('/')}/capture?{query}"
-            return f"{url.rstrip('/')}/capture"
-        return str(self.state_dir / "capture")
+        return join_uri(url, "capture") if url is not None else str(self.state_dir / "capture")
 
     @property
     def quarantine_dir(self) -> Path:
@@ -629,6 +625,13 @@ class Project(BaseModel):
     def runs_dir(self) -> Path:
         """Where Ray Train keeps its runs and checkpoints: ``<state_dir>/runs``."""
         return self.state_dir / "runs"
+
+    @property
+    def runs_uri(self) -> str:
+        """Where Ray Train keeps runs and checkpoints, which every training worker must reach: ``<storage.url>/runs``
+        when ``storage.url`` is set, else :attr:`runs_dir`."""
+        url = self.storage.url
+        return join_uri(url, "runs") if url is not None else str(self.runs_dir)
 
     @property
     def storage(self) -> Storage:

@@ -41,6 +41,18 @@ def is_uri(location: str | os.PathLike[str]) -> bool:
     return "://" in text and urlsplit(text).scheme not in ("", "file")
 
 
+def join_uri(base: str | os.PathLike[str], *parts: str) -> str:
+    """``base`` (a directory or file system URI) with ``parts`` appended to its path, keeping a URI's options
+    (``?endpoint_override=...``) at its end: ``join_uri("s3://b/loom?region=x", "capture")`` is
+    ``s3://b/loom/capture?region=x``."""
+    text = os.fspath(base)
+    rel = "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+    if not rel:
+        return text
+    head, sep, query = text.partition("?") if is_uri(text) else (text, "", "")
+    return f"{head.rstrip('/')}/{rel}{sep}{query}"
+
+
 def _s3(uri: str, *, request_timeout_s: float | None = None, attempts: int | None = None) -> tuple[Any, str]:
     from pyarrow import fs as pafs
 
@@ -210,7 +222,11 @@ class Location:
         return removed
 
     def read_bytes(self, rel: str) -> bytes:
-        """The contents of ``rel``; :class:`FileNotFoundError` when it is not there."""
+        """The contents of ``rel``; :class:`FileNotFoundError` when it is not there.
+
+        On an object store a read that overlaps a rewrite of ``rel`` can be torn: pyarrow asks for the size first,
+        then for that many bytes of what may by then be the new version (its start, cut to the old length). Files
+        that are rewritten in place should be checkable (JSON, say) and read again when the check fails."""
         with self.fs.open_input_stream(self._full(rel)) as f:
             return f.read()
 
@@ -287,4 +303,4 @@ def require_reachable(location: str | os.PathLike[str], *, what: str = "storage"
     return open_location(location, what=what).check(what)
 
 
-__all__ = ["Location", "is_uri", "open_location", "require_reachable"]
+__all__ = ["Location", "is_uri", "join_uri", "open_location", "require_reachable"]

@@ -290,7 +290,7 @@ class Pipeline:
                 on_epoch(mt)
 
             result = run_training(prepared.training_config(self.project), prepared.arrays, workers=t.workers,
-                                  use_gpu=t.use_gpu, storage_path=self.project.runs_dir, run_name=run_name,
+                                  use_gpu=t.use_gpu, storage_path=self.project.runs_uri, run_name=run_name,
                                   on_epoch=epoch_ended, max_failures=t.max_failures,
                                   runtime_env=project_runtime_env(self.project))
             progress.update(task, completed=t.epochs)

@@ -407,13 +407,16 @@ def run_training(
     *,
     workers: int,
     use_gpu: bool | str,
-    storage_path: Path,
+    storage_path: Path | str,
     run_name: str,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     max_failures: int = 2,
     runtime_env: dict[str, Any] | None = None,
 ) -> TrainingResult:
     """Run :func:`train_loop_per_worker` on the connected Ray cluster and return the final weights.
+
+    ``storage_path`` is where Ray Train keeps the run's checkpoints: a local directory, or a file system URI
+    (``s3://...``) that every worker reaches, for a cluster whose nodes share no disk.
 
     The training step (``config['step']``) is loaded and checked here first, before any Ray work, so a bad
     ``training.step`` fails at once with a :class:`~runtime.errors.ConfigError`."""
@@ -423,6 +426,9 @@ def run_training(
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Empty, Queue
 
+    from .filesystems import open_location
+
+    runs = open_location(storage_path, what="the training runs' storage")
     gpu = cluster_has_gpus() if use_gpu == "auto" else bool(use_gpu)
     queue = Queue(actor_options={"num_cpus": 0}) if on_epoch else None
     done = threading.Event()
@@ -446,7 +452,7 @@ def run_training(
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpu,
                                                resources_per_worker={"GPU": 1} if gpu else {"CPU": 1}),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=str(storage_path),
+            name=run_name, storage_path=runs.path, storage_filesystem=None if runs.local else runs.fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             worker_runtime_env=runtime_env or {},

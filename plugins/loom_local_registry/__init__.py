@@ -42,7 +42,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from runtime import ConfigError, Register, hookimpl, redact
+from runtime import ConfigError, Register, hookimpl, join_uri, redact
 
 from ._registry import LocalRegistry
 
@@ -83,7 +83,7 @@ def _create(*, state_dir: Path, options: dict[str, Any], storage: Any = None) ->
         raise ConfigError(f"registry option 'path' places a SQLite registry.db, but storage.db keeps the registry "
                           f"in {redact(db)}; remove one of them")
     path = _path_option(options, "path", state_dir / "registry", state_dir)
-    default_root: str | Path = path / "artifacts" if url is None else f"{url.rstrip('/')}/registry/artifacts"
+    default_root: str | Path = path / "artifacts" if url is None else join_uri(url, "registry", "artifacts")
     artifact_root = _root_option(options, default_root, state_dir)
     return LocalRegistry(None if db is not None else path, artifact_root, db=db, schema=options.get("schema"))
 
