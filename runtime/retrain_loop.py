@@ -42,7 +42,10 @@ class RetrainLoop:
         self.cfg = project.config.monitoring.retrain
         self.model = project.config.model.name
         self.pipe = Pipeline(project, plugins=plugins, console=console)
+        #: Where the loop keeps its state (a local directory: the capture store's, or the state directory's).
         self.root = project.capture_dir
+        #: Where served traffic and feedback are read from (a directory or a file system URI, as served).
+        self.capture = project.capture_uri
         self.state_file = self.root / "loop" / f"{self.model}.json"
 
     # -- state -----------------------------------------------------------------------------------------------
@@ -150,8 +153,8 @@ class RetrainLoop:
         """The most recent served rows (any version) with a ground-truth label, at most ``monitoring.window``."""
         from .serving import read_captured, read_feedback
 
-        rows = read_captured(self.root, self.model)
-        labels = read_feedback(self.root, self.model)
+        rows = read_captured(self.capture, self.model)
+        labels = read_feedback(self.capture, self.model)
         if rows.empty or labels.empty:
             return rows.iloc[0:0].assign(label=[])
         out = rows.merge(labels, on=["request_id", "row"], how="inner")

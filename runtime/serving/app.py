@@ -29,7 +29,7 @@ from .openapi import build_openapi
 from .protocol import RequestError, parse_json
 from .scoring import decode_mlflow, decode_predict
 from .capture import new_request_id
-from .drift import DriftChecks
+from .drift import DriftChecks, with_store
 from .server import LoadedVersion, ModelServer
 
 log = logging.getLogger("loom.serving")
@@ -494,7 +494,7 @@ def _monitoring_routes(api: FastAPI, checks: Any) -> None:
     @api.get("/monitoring/{name}/drift", tags=["operations"],
              summary="Drift of captured traffic against the training reference")
     async def drift(name: str, version: str | None = None) -> dict[str, Any]:
-        return await run_in_threadpool(checks.check, name, version)
+        return with_store(await run_in_threadpool(checks.check, name, version), checks.server)
 
     @api.get("/monitoring/{name}/report", tags=["operations"], response_class=Response,
              responses={200: {"content": {"text/html": {}}, "description": "Evidently's HTML report"}},

@@ -4,19 +4,27 @@ that a background thread fills with every sampled request (Parquet, partitioned 
 The request path only draws a random number and, for a sampled request, builds one tuple of its inputs and appends
 it to two deques: no pandas, no I/O, no lock, nothing the garbage collector keeps walking. When the store's buffer
 is full the sample is dropped and counted, so capture never slows or fails a request.
+
+The store is a local directory or any file system URI (``monitoring.store_path``, else ``<storage.url>/capture``:
+see :attr:`runtime.Project.capture_uri`), opened through :func:`runtime.open_location`. Every part is written whole
+(a hidden temporary moved into place on a disk, one upload under its final name on an object store), so readers
+never see half of one. While the store cannot be written (a bucket gone, an endpoint down) serving goes on: the
+rows of failed flushes are dropped and counted, and :meth:`CaptureStore.status` says since when and why.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import posixpath
 import random
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -24,7 +32,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..filesystems import Location, open_location
 from ..monitoring import TENSOR_STATS, tensor_summary
+from ..secrets import redact
 from .encoding import numeric_matrix
 from .protocol import Columns
 
@@ -36,8 +46,90 @@ log = logging.getLogger("loom.serving")
 META = ("request_id", "client_request_id", "row", "ts", "version", "latency_ms", "prediction")
 
 
+#: On an object store, how long a capture write waits for an answer (seconds without a byte) and how many attempts
+#: it makes: a part is small, and a flush must not stall for minutes on an endpoint that stopped answering.
+REQUEST_TIMEOUT_S = 5.0
+ATTEMPTS = 2
+#: While writes fail, a flush tries the store at most this often (and at least every flush interval); the flushes
+#: in between drop their rows at once instead of each waiting for the store's timeouts.
+RETRY_S = 5.0
+#: Parts read at once from an object store.
+READERS = 8
+#: File systems where a file appears whole when its upload completes: written under the final name directly.
+_OBJECT_STORES = ("s3", "gcs")
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
+
+
+def capture_location(root: str | os.PathLike[str] | Location) -> Location:
+    """The :class:`~runtime.Location` of a capture store: a directory or a file system URI (S3 with the capture
+    store's short timeouts), or a location opened already."""
+    if isinstance(root, Location):
+        return root
+    return open_location(root, what="the capture store", request_timeout_s=REQUEST_TIMEOUT_S, attempts=ATTEMPTS)
+
+
+def put(location: Location, rel: str, data: Any) -> None:
+    """Write ``data`` (bytes or a ``pyarrow.Buffer``) to ``rel`` under ``location`` so that readers, who skip hidden
+    files, see all of it or nothing: a hidden temporary renamed into place on a disk (not fsynced: captured traffic
+    is a sample, and a flush must stay cheap), one upload under the final name on an object store (it appears when
+    complete), a temporary and a move elsewhere."""
+    if location.local:
+        path = location.local_path(rel)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            try:
+                f = open(tmp, "wb")  # noqa: SIM115 - closed below
+            except FileNotFoundError:  # the first part of a new partition (the directory is made once, not per write)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(tmp, "wb")  # noqa: SIM115
+            with f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return
+    fs, full = location.fs, posixpath.join(location.path, rel)
+    if fs.type_name in _OBJECT_STORES:  # no directories to make; the object is visible only once uploaded whole
+        with fs.open_output_stream(full) as f:
+            f.write(data)
+        return
+    fs.create_dir(posixpath.dirname(full), recursive=True)
+    temp = posixpath.join(location.path, location.temporary(rel))  # hidden: readers skip it
+    try:
+        with fs.open_output_stream(temp) as f:
+            f.write(data)
+        fs.move(temp, full)
+    except BaseException:
+        try:
+            fs.delete_file(temp)
+        except Exception:  # noqa: BLE001 - the write's own error is the one to report
+            pass
+        raise
+
+
+def short_error(err: BaseException) -> str:
+    """An error in one redacted line: what a status or a log line shows of it."""
+    text = redact(str(err)).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
+
+
+def _read_parts(location: Location, rel: str, prefix: str = "part-") -> list[pd.DataFrame]:
+    """Every Parquet part under ``rel`` (oldest name first), read as DataFrames."""
+    files = [f for f in location.files(rel, ".parquet") if posixpath.basename(f).startswith(prefix)]
+    if location.local:
+        return [pd.read_parquet(location.local_path(f)) for f in files]
+    if not files:
+        return []
+
+    def one(f: str) -> pd.DataFrame:
+        return pd.read_parquet(posixpath.join(location.path, f), filesystem=location.fs)
+
+    with ThreadPoolExecutor(min(READERS, len(files)), thread_name_prefix="loom-capture-read") as pool:
+        return list(pool.map(one, files))
 
 
 class Layout(NamedTuple):
@@ -160,21 +252,29 @@ def _table(samples: list[Sample], layout: Layout) -> pa.Table:
 
 
 class CaptureStore:
-    """Writes sampled requests and feedback labels as Parquet files under ``root``:
-    ``model=<m>/version=<v>/date=<YYYY-MM-DD>/part-*.parquet`` and ``feedback/model=<m>/date=<d>/part-*.parquet``.
+    """Writes sampled requests and feedback labels as Parquet files under ``root`` (a directory or a file system
+    URI): ``model=<m>/version=<v>/date=<YYYY-MM-DD>/part-*.parquet`` and ``feedback/model=<m>/date=<d>/part-*.parquet``.
 
     :meth:`offer` never blocks: above ``max_pending`` buffered rows it drops the sample and counts it. A daemon
-    thread flushes every ``flush_s`` seconds; a failed write is logged and counted as dropped, never raised.
+    thread flushes every ``flush_s`` seconds; a failed write is logged and counted as dropped, never raised. After a
+    failed write the store is tried again at most every ``retry_s`` seconds (flushes in between drop at once), and
+    :meth:`status` reports it not ok until a write succeeds again.
     """
 
-    def __init__(self, root: Path, *, max_pending: int, flush_s: float, replica: str = "",
-                 on_drop: Any = None, on_write: Any = None, forward: Any = None):
+    def __init__(self, root: str | os.PathLike[str] | Location, *, max_pending: int, flush_s: float,
+                 replica: str = "", on_drop: Any = None, on_write: Any = None, forward: Any = None,
+                 retry_s: float | None = None):
         self.root = root
+        #: Where the parts go (see :func:`capture_location`).
+        self.location = capture_location(root)
         self.max_pending = max_pending
         self.flush_s = flush_s
+        self.retry_s = max(flush_s, RETRY_S) if retry_s is None else retry_s
         self.tag = (replica or "local")[:12] + "-" + uuid.uuid4().hex[:6]
         self.dropped = 0
         self.written = 0
+        #: Feedback labels that could not be written (they still reach the drift checks in memory).
+        self.feedback_dropped = 0
         self._pending: deque[Sample] = deque()
         # Rows offered (written by the request path only) and flushed (by the flush thread only): one writer each,
         # so no lock; their difference is what ``max_pending`` bounds.
@@ -184,6 +284,12 @@ class CaptureStore:
         self._on_drop = on_drop or (lambda n: None)
         self._on_write = on_write or (lambda n: None)
         self._seq = 0
+        # The store's state, as status() reports it: ok since when; the last failure; when to try again.
+        self._state = threading.Lock()
+        self._ok = True
+        self._since = time.time()
+        self._error: str | None = None
+        self._retry_at = 0.0
         #: Called by every flush with the samples it took (possibly none): e.g. sending them to the deployment's
         #: monitor. Its failure is logged, never raised.
         self.forward = forward
@@ -209,6 +315,16 @@ class CaptureStore:
         """Rows buffered for the next flush."""
         return self._offered_rows - self._flushed_rows
 
+    def status(self) -> dict[str, Any]:
+        """Whether the last write to the store succeeded (``ok``) and since when (``since``, UTC), the last failure
+        (``error``, redacted), the store's URI (redacted), and the sampled requests ``written`` and ``dropped``
+        (overload and failed writes), the feedback labels dropped and the rows waiting for the next flush."""
+        with self._state:
+            ok, since, error = self._ok, self._since, self._error
+        return {"ok": ok, "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)), "error": error,
+                "uri": self.location.shown, "written": self.written, "dropped": self.dropped,
+                "feedback_dropped": self.feedback_dropped, "pending_rows": self.pending_rows}
+
     def add_feedback(self, model: str, labels: pd.DataFrame) -> None:
         self._feedback.append((model, labels))
         self._wake.set()
@@ -226,14 +342,11 @@ class CaptureStore:
         for s in samples:
             groups.setdefault((s[_MODEL], s[_VERSION]), []).append(s)
         for (model, version), group in groups.items():
-            try:
-                table = _table(group, self.layouts[(model, version)])
-                self._write(self.root / f"model={model}" / f"version={version}", table)
+            if self._stored(f"model={model}/version={version}", lambda g=group, k=(model, version): _table(
+                    g, self.layouts[k]), f"{len(group)} sampled requests of {model} v{version}"):
                 self.written += len(group)
                 self._on_write(len(group))
-            except Exception:  # noqa: BLE001 - capture must never take the replica down
-                log.exception("capture store: could not write %d sampled requests of %s v%d", len(group), model,
-                              version)
+            else:
                 self.dropped += len(group)
                 self._on_drop(len(group))
         if self.forward is not None:
@@ -243,26 +356,72 @@ class CaptureStore:
                 log.exception("capture: could not forward %d sampled requests", len(samples))
         for _ in range(len(self._feedback)):
             model, labels = self._feedback.popleft()
-            try:
-                self._write(self.root / "feedback" / f"model={model}", labels)
-            except Exception:  # noqa: BLE001
-                log.exception("capture store: could not write %d feedback labels of %s", len(labels), model)
+            if not self._stored(f"feedback/model={model}", lambda lb=labels: pa.Table.from_pandas(
+                    lb, preserve_index=False), f"{len(labels)} feedback labels of {model}"):
+                self.feedback_dropped += len(labels)
 
-    def _write(self, base: Path, data: pd.DataFrame | pa.Table) -> None:
+    def _stored(self, base: str, table: Any, what: str) -> bool:
+        """Write ``table()`` as a new part under ``base``; False (logged, and the store marked down if the write
+        failed) when it was not written."""
+        if not self._ok and time.monotonic() < self._retry_at:
+            return False  # the store failed a moment ago: not waiting on it again yet
+        try:
+            data = table()
+        except Exception:  # noqa: BLE001 - a bad batch, not a bad store: capture must never take the replica down
+            log.exception("capture store: could not convert %s", what)
+            return False
+        try:
+            self._write(base, data)
+        except Exception as err:  # noqa: BLE001 - OSError, ArrowInvalid, botocore's...: the store is unusable now
+            self._failed(err, what)
+            return False
+        self._recovered()
+        return True
+
+    def write_object(self, rel: str, data: bytes) -> None:
+        """Write one small file ``rel`` (e.g. a drift check's record) to the store, as a part is written; raises
+        when the store is failing (at once while it waits to try again), and the failure counts in :meth:`status`."""
+        if not self._ok and time.monotonic() < self._retry_at:
+            raise OSError(f"the capture store is unavailable ({self._error})")
+        try:
+            put(self.location, rel, data)
+        except Exception as err:
+            self._failed(err, rel)
+            raise
+        self._recovered()
+
+    def _failed(self, err: BaseException, what: str) -> None:
+        message = short_error(err)
+        with self._state:
+            first = self._ok
+            if first:
+                self._ok, self._since = False, time.time()
+            self._error = message
+            self._retry_at = time.monotonic() + self.retry_s
+        if first:
+            log.warning("capture store %s cannot be written (%s): dropping captured rows, and trying again every "
+                        "%.0f s", self.location.shown, message, self.retry_s)
+        log.debug("capture store: could not write %s: %s", what, message)
+
+    def _recovered(self) -> None:
+        if self._ok:
+            return
+        with self._state:
+            down_s = time.time() - self._since
+            self._ok, self._since, self._error = True, time.time(), None
+        log.warning("capture store %s is writable again (after %.0f s)", self.location.shown, down_s)
+
+    def _write(self, base: str, data: pa.Table) -> None:
         day = time.strftime("%Y-%m-%d", time.gmtime())
-        path = base / f"date={day}"
-        path.mkdir(parents=True, exist_ok=True)
         self._seq += 1
-        tmp = path / f".part-{self.tag}-{self._seq:08d}.tmp"
-        if isinstance(data, pa.Table):
-            # Dictionary-encode the repeating text columns (categories, labels) only: on unique values (request ids,
-            # numbers) Parquet builds a dictionary and then gives it up, which measured as half the write's time.
-            repeating = [f.name for f in data.schema if f.name not in ("request_id", "client_request_id")
-                         and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
-            pq.write_table(data, tmp, use_dictionary=repeating)
-        else:
-            data.to_parquet(tmp, index=False)
-        tmp.rename(path / f"part-{int(time.time() * 1000)}-{self.tag}-{self._seq:08d}.parquet")
+        # Dictionary-encode the repeating text columns (categories, labels) only: on unique values (request ids,
+        # numbers) Parquet builds a dictionary and then gives it up, which measured as half the write's time.
+        repeating = [f.name for f in data.schema if f.name not in ("request_id", "client_request_id")
+                     and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
+        buf = pa.BufferOutputStream()
+        pq.write_table(data, buf, use_dictionary=repeating)
+        put(self.location, f"{base}/date={day}/part-{int(time.time() * 1000)}-{self.tag}-{self._seq:08d}.parquet",
+            buf.getvalue())
 
     def _run(self) -> None:
         while True:
@@ -271,21 +430,22 @@ class CaptureStore:
             self.flush()
 
 
-def read_captured(root: Path, model: str, version: int | None = None) -> pd.DataFrame:
-    """Every captured row of ``model`` (one version, or all) from a capture store, oldest first."""
-    base = root / f"model={model}"
-    files = sorted((base / f"version={version}" if version is not None else base).glob("**/part-*.parquet"))
-    if not files:
+def read_captured(root: str | os.PathLike[str] | Location, model: str, version: int | None = None) -> pd.DataFrame:
+    """Every captured row of ``model`` (one version, or all) from a capture store (a directory or a file system
+    URI), oldest first."""
+    rel = f"model={model}" + (f"/version={version}" if version is not None else "")
+    parts = _read_parts(capture_location(root), rel)
+    if not parts:
         return pd.DataFrame(columns=list(META))
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True).sort_values("ts", kind="stable")
+    return pd.concat(parts, ignore_index=True).sort_values("ts", kind="stable")
 
 
-def read_feedback(root: Path, model: str) -> pd.DataFrame:
+def read_feedback(root: str | os.PathLike[str] | Location, model: str) -> pd.DataFrame:
     """Every feedback label of ``model``: ``request_id``, ``row``, ``label`` (the latest label per row wins)."""
-    files = sorted((root / "feedback" / f"model={model}").glob("**/part-*.parquet"))
-    if not files:
+    parts = _read_parts(capture_location(root), f"feedback/model={model}")
+    if not parts:
         return pd.DataFrame(columns=["request_id", "row", "label"])
-    out = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    out = pd.concat(parts, ignore_index=True)
     return out.drop_duplicates(["request_id", "row"], keep="last").reset_index(drop=True)
 
 

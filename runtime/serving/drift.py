@@ -18,6 +18,7 @@ import uuid
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from prometheus_client import Counter, Gauge
 from ..errors import LoomError, PluginError
 from ..model import CATEGORICAL_TYPES
 from ..monitoring import QualityMonitor
+from .capture import READERS, capture_location, put, short_error
 from .protocol import RequestError
 from .server import LoadedVersion, ModelServer, capture_schema
 
@@ -90,6 +92,7 @@ class DriftChecks:
         self.registry = registry if registry is not None else server.metrics.registry
         self.metrics = DriftMetrics(self.registry, server.metrics.replica)
         self.store = server.store
+        self._location: Any = None
         self._monitor: Any = None
         self._history: dict[str, deque[dict[str, Any]]] = {}
         self._feedback: dict[str, OrderedDict[tuple[str, int], Any]] = {}
@@ -302,13 +305,34 @@ class DriftChecks:
             if "rmse" in perf:  # regression
                 summary.update(rmse=perf["rmse"], r2=perf.get("r2"))
         self._history.setdefault(name, deque(maxlen=self.cfg.history)).append(summary)
-        path = self.server.project.capture_dir / "drift" / f"model={name}"
+        data = json.dumps({**summary, "report": out}, default=str).encode()
+        rel = check_name(name, out["id"])
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            with open(path / "history.jsonl", "a") as f:
-                f.write(json.dumps({**summary, "report": out}, default=str) + "\n")
-        except OSError as err:
-            log.warning("could not append drift history under %s: %s", path, err)
+            if self.store is not None:  # through the store: its status counts the failure, and while it is down
+                self.store.write_object(rel, data)  # (waiting to try again) the check does not wait on it
+            else:
+                put(self.history_location, rel, data)
+        except Exception as err:  # noqa: BLE001 - a check is answered even when its history cannot be stored
+            log.warning("could not store drift check %s of %s under %s: %s", out["id"], name,
+                        self.history_location.shown, short_error(err))
+
+    @property
+    def history_location(self) -> Any:
+        """Where the check history goes: the capture store (:attr:`runtime.Project.capture_uri`)."""
+        if self._location is None:
+            self._location = (self.store.location if self.store is not None
+                              else capture_location(self.server.project.capture_uri))
+        return self._location
+
+    def seed_history(self, name: str) -> int:
+        """Start ``name``'s history from the checks the store holds (a restarted monitor's), before any check run
+        here since; returns how many were read back."""
+        stored = read_drift_history(self.history_location, name, limit=self.cfg.history)
+        kept = list(self._history.get(name, ()))
+        known = {h.get("id") for h in kept}
+        older = [{k: v for k, v in r.items() if k != "report"} for r in stored if r.get("id") not in known]
+        self._history[name] = deque([*older, *kept], maxlen=self.cfg.history)
+        return len(older)
 
     # -- the schedule ----------------------------------------------------------------------------------------
 
@@ -333,6 +357,56 @@ class DriftChecks:
                     log.info("scheduled drift check of %s skipped: %s", name, err.message)
                 except Exception:  # noqa: BLE001 - a failed check must not stop the schedule
                     log.exception("scheduled drift check of %s failed", name)
+
+
+def check_name(model: str, check_id: str) -> str:
+    """Where a drift check's record goes in the capture store: one small file per check (object stores have no
+    append), named so that names sort in the order the checks ran."""
+    return f"drift/model={model}/{time.time_ns() // 1_000_000:013d}-{check_id}.json"
+
+
+def read_drift_history(root: Any, model: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """The drift checks of ``model`` stored under a capture store (a directory, a URI or a Location), oldest first,
+    each ``{**summary, "report": <the check's JSON>}``; the last ``limit`` only when given. Reads the one-file-per-
+    check records and, first, a ``history.jsonl`` that earlier versions appended to."""
+    location = capture_location(root)
+    base = f"drift/model={model}"
+    records: list[dict[str, Any]] = []
+    try:
+        legacy = location.read_bytes(f"{base}/history.jsonl")
+    except FileNotFoundError:
+        legacy = b""
+    for line in legacy.decode(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash mid-append
+        if isinstance(record, dict):
+            records.append(record)
+    names = location.files(base, ".json")
+    if limit:
+        names = names[-limit:]
+
+    def one(name: str) -> Any:
+        try:
+            return json.loads(location.read_bytes(name))
+        except (FileNotFoundError, ValueError):  # removed meanwhile, or not a record
+            return None
+
+    if location.local or len(names) < 2:
+        found = [one(n) for n in names]
+    else:  # one request per record on an object store: several at a time
+        with ThreadPoolExecutor(min(READERS, len(names)), thread_name_prefix="loom-drift-read") as pool:
+            found = list(pool.map(one, names))
+    records.extend(r for r in found if isinstance(r, dict))
+    return records[-limit:] if limit else records
+
+
+def with_store(answer: dict[str, Any], server: ModelServer) -> dict[str, Any]:
+    """A monitoring answer with the replica's capture store status under ``"store"`` (``None`` without a store), so
+    that an unwritable store shows where drift is looked at."""
+    store = server.store
+    return {**answer, "store": store.status() if store is not None else None}
 
 
 def _guard(fn: Any) -> Any:

@@ -82,14 +82,14 @@ class DeploymentMonitor:
     def _adopt(self, table: RoutingTable) -> None:
         self.server.apply(table)
         self.generation = table.generation
-        capture_dir = self.server.project.capture_dir
+        capture_uri = self.server.project.capture_uri
         window = self.server.project.config.monitoring.window
         for key, lv in self.server.loaded.items():
             if key in self._seeded:
                 continue
             self._seeded.add(key)
             try:  # a restarted monitor: the window as the store has it
-                rows = read_captured(capture_dir, *key).tail(window)
+                rows = read_captured(capture_uri, *key).tail(window)
                 if len(rows):
                     lv.capture.seed(rows)
                     # a replica writes a flush to the store before it sends it here: not twice
@@ -102,8 +102,12 @@ class DeploymentMonitor:
                 self._seed_labels(name)
 
     def _seed_labels(self, name: str) -> None:
+        try:  # a restarted monitor: the history of checks as the store has it
+            self.checks.seed_history(name)
+        except Exception:  # noqa: BLE001 - checks without their past are still checks
+            log.exception("monitor: could not read back the drift history of %s", name)
         try:
-            stored = read_feedback(self.server.project.capture_dir, name)
+            stored = read_feedback(self.server.project.capture_uri, name)
             lv = self.server.resolve(name, str(self.server.routes(name).primary))
         except Exception:  # noqa: BLE001
             log.exception("monitor: could not read back the feedback of %s", name)

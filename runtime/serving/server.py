@@ -169,7 +169,7 @@ class ModelServer:
         #: Where captured samples and feedback are flushed (``None`` with ``monitoring.store: memory``).
         self.store: CaptureStore | None = None
         if mon.store == "parquet" and capture_store:
-            self.store = CaptureStore(project.capture_dir, max_pending=mon.max_pending, flush_s=mon.flush_interval_s,
+            self.store = CaptureStore(project.capture_uri, max_pending=mon.max_pending, flush_s=mon.flush_interval_s,
                                       replica=replica, on_drop=self.metrics.capture_dropped.inc,
                                       on_write=self.metrics.capture_stored.inc)
 
