@@ -32,6 +32,9 @@ REQUEST_TIMEOUT_S = float(os.environ.get("LOOM_STORAGE_REQUEST_TIMEOUT_S", "20")
 #: Attempts per request (pyarrow's default AWS retry strategy with this many attempts).
 ATTEMPTS = int(os.environ.get("LOOM_STORAGE_ATTEMPTS", "3"))
 
+#: ``pyarrow.fs`` file systems where an object needs no directory above it (making one costs requests, not safety).
+_NO_DIRECTORIES = frozenset({"s3", "gcs"})
+
 _S3_QUERY = {"region", "endpoint_override", "scheme", "allow_bucket_creation", "force_virtual_addressing"}
 
 
@@ -162,7 +165,7 @@ class Location:
             write_atomic(Path(full), bytes(data))
             return
         parent = posixpath.dirname(full)
-        if parent:
+        if parent and self.fs.type_name not in _NO_DIRECTORIES:
             self.fs.create_dir(parent, recursive=True)
         with self.fs.open_output_stream(full) as f:
             f.write(data)
@@ -189,7 +192,7 @@ class Location:
             fsync_dir(parent)
             return
         parent_key = posixpath.dirname(full)
-        if parent_key:
+        if parent_key and self.fs.type_name not in _NO_DIRECTORIES:
             self.fs.create_dir(parent_key, recursive=True)
         try:
             with self.fs.open_output_stream(tmp) as f:

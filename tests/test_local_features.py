@@ -1,9 +1,14 @@
 """Tests of the built-in ``local`` feature store (plugin ``loom_local_features``).
 
-Real files under ``tmp_path``, real Parquet and SQLite, no mocks. Every store is built through the plugin manager
-(``runtime.get_plugins().feature_store("local", ...)``), so the ``loom`` entry point and the registration hook are
-exercised. ``LOOM_PLUGINS`` narrows discovery to this plugin so that these tests neither wait on nor break because
-of other plugins' imports.
+Real files, real Parquet, SQLite, PostgreSQL and S3 (moto), no mocks. Every store is built through the plugin
+manager (``runtime.get_plugins().feature_store("local", ...)``), so the ``loom`` entry point and the registration
+hook are exercised. ``LOOM_PLUGINS`` narrows discovery to this plugin so that these tests neither wait on nor break
+because of other plugins' imports.
+
+The ``store`` fixture, and so every behavioural test and the contract suite, runs on both storages: ``local``
+(files and SQLite under ``tmp_path``) and ``shared`` (``storage.url`` on S3, ``storage.db`` on PostgreSQL; see
+tests/test_features_shared.py, which also holds the sharing, concurrency, crash and start-up fault tests). Tests of
+the local layout itself use ``local_store``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,14 @@ import pytest
 import runtime
 from runtime import ConfigError, DataValidationError, FeatureView, InvalidNameError, NotFoundError
 from runtime._contracts.features import FeatureStoreContract
+from test_features_shared import (  # noqa: F401 - features_* are fixtures that shared_features uses
+    STORAGES,
+    features_bucket,
+    features_database,
+    open_store,
+    shared_features,
+    storage_for,
+)
 
 T0 = pd.Timestamp("2024-01-01")
 
@@ -34,8 +47,17 @@ def plugins(monkeypatch: pytest.MonkeyPatch) -> runtime.Plugins:
     return runtime.get_plugins()
 
 
+@pytest.fixture(params=STORAGES)
+def store(request: pytest.FixtureRequest, plugins: runtime.Plugins, tmp_path: Path):
+    """A fresh store on the local storage, then on the shared one (PostgreSQL + S3)."""
+    s = open_store(tmp_path, storage_for(request, request.param))
+    yield s
+    s.close()
+
+
 @pytest.fixture
-def store(plugins: runtime.Plugins, tmp_path: Path):
+def local_store(plugins: runtime.Plugins, tmp_path: Path):
+    """A fresh store on the local storage only, for tests of its files."""
     s = plugins.feature_store("local", state_dir=tmp_path, options={})
     yield s
     s.close()
@@ -85,7 +107,8 @@ def test_unknown_option_is_a_config_error_naming_it(plugins: runtime.Plugins, tm
 # -- view definitions ----------------------------------------------------------------------------------------------
 
 
-def test_apply_is_idempotent_and_persisted(plugins: runtime.Plugins, store, tmp_path: Path) -> None:
+def test_apply_is_idempotent_and_persisted(plugins: runtime.Plugins, local_store, tmp_path: Path) -> None:
+    store = local_store
     view = spend_view(ttl=timedelta(days=3), amount="float")
     store.apply(view)
     file = store.path / "views" / "spend.json"
@@ -383,7 +406,8 @@ def test_adding_a_feature_keeps_old_data(store) -> None:
 # -- durability and concurrency -----------------------------------------------------------------------------------------
 
 
-def test_half_written_parts_are_invisible(store) -> None:
+def test_half_written_parts_are_invisible(local_store) -> None:
+    store = local_store
     store.apply(spend_view())
     store.write("spend", rows((1, day(1), 1.0)))
     offline = store.path / "offline" / "spend"
@@ -395,7 +419,8 @@ def test_half_written_parts_are_invisible(store) -> None:
     assert out["amount"].tolist() == [1.0]
 
 
-def test_state_survives_reopen_and_pickling(plugins: runtime.Plugins, store, tmp_path: Path) -> None:
+def test_state_survives_reopen_and_pickling(plugins: runtime.Plugins, local_store, tmp_path: Path) -> None:
+    store = local_store
     store.apply(spend_view())
     store.push("spend", rows((1, day(1), 1.0)))
     store.close()
@@ -433,9 +458,11 @@ def test_online_lookups_from_many_threads(store) -> None:
 
 
 class TestLocalStoreContract(FeatureStoreContract):
-    @pytest.fixture
-    def store(self, plugins: runtime.Plugins, tmp_path: Path):
-        s = plugins.feature_store("local", state_dir=tmp_path, options={})
+    """The contract on both storages."""
+
+    @pytest.fixture(params=STORAGES)
+    def store(self, request: pytest.FixtureRequest, plugins: runtime.Plugins, tmp_path: Path):
+        s = open_store(tmp_path, storage_for(request, request.param))
         yield s
         s.close()
 

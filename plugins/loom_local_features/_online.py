@@ -12,7 +12,12 @@ they produced: that is the incremental watermark, and it survives crashes and la
 
 Connections are opened one per thread (SQLite connections must not be shared across threads without a lock) and
 re-opened after a fork; Python's ``sqlite3`` caches prepared statements per connection, so the fixed SQL strings
-built here are compiled once and reused on every lookup.
+built here are compiled once and reused on every lookup. A lookup of more keys than one ``IN (...)`` binds runs its
+queries in one read transaction, so it sees a single snapshot (never half of a concurrent materialisation).
+
+:mod:`._postgres` is the same store on PostgreSQL (``storage.db``); both offer the methods used by
+:class:`~loom_local_features._store.LocalFeatureStore`: ``ensure_table``, ``upsert``, ``done_parts``, ``fetcher``,
+``meta_lock``, ``close`` and ``retry_errors``.
 """
 
 from __future__ import annotations
@@ -20,10 +25,15 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:  # cross-process lock for view-file updates; POSIX only (elsewhere, the store's in-process lock still applies)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 #: Largest number of keys bound in one ``IN (...)`` lookup (well under SQLite's variable limit).
 MAX_KEYS_PER_QUERY = 500
@@ -44,8 +54,12 @@ def table_name(view: str) -> str:
 class OnlineStore:
     """Thread-safe access to the online SQLite database at ``path``."""
 
+    #: Errors of a lookup that (re)creating the view's table fixes: the table was dropped or lacks a new column.
+    retry_errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
+
     def __init__(self, path: Path, *, busy_timeout_ms: int = 10_000) -> None:
         self.path = path
+        self.location = str(path)
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -101,10 +115,25 @@ class OnlineStore:
             raise
         conn.execute("COMMIT")
 
+    @contextmanager
+    def meta_lock(self) -> Iterator[None]:
+        """Serialise view-file read-modify-write cycles across the processes of this host (an ``flock`` on
+        ``.lock`` next to the database; the caller holds its in-process lock)."""
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        with open(self.path.parent / ".lock", "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
     # -- schema ---------------------------------------------------------------------------------------------
 
-    def ensure_table(self, view: str, features: Sequence[str]) -> None:
-        """Create ``view``'s table, or add columns for features that were added to the view since."""
+    def ensure_table(self, view: str, features: Sequence[str], types: Mapping[str, str | None] | None = None) -> None:
+        """Create ``view``'s table, or add columns for features that were added to the view since. (``types`` is
+        for PostgreSQL's typed columns; SQLite's columns take any value.)"""
         table = table_name(view)
         with self.transaction() as conn:
             conn.execute(
@@ -131,7 +160,12 @@ class OnlineStore:
         )
 
     def upsert(
-        self, view: str, features: Sequence[str], rows: Sequence[Sequence[Any]], done_parts: Sequence[str] = ()
+        self,
+        view: str,
+        features: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        done_parts: Sequence[str] = (),
+        types: Mapping[str, str | None] | None = None,
     ) -> int:
         """Upsert ``rows`` (key, ts, seq, *features) and mark ``done_parts`` materialised, in one transaction.
 
@@ -164,3 +198,45 @@ class OnlineStore:
         if n_keys == 1:
             return f'SELECT {cols} FROM {table_name(view)} WHERE "_key" = ?'
         return f'SELECT {cols} FROM {table_name(view)} WHERE "_key" IN ({", ".join("?" * n_keys)})'
+
+    def fetcher(
+        self, view: str, features: Sequence[str], types: Mapping[str, str | None] | None = None
+    ) -> Callable[[list[Any]], dict[Any, tuple[Any, ...]]]:
+        """A function from normalised keys (``None``: no match possible) to the rows found, ``key -> (key,
+        *features)``. It keeps its SQL strings, so this thread's connection keeps them prepared."""
+        sql_one = self.select_sql(view, features, 1)
+        sql_many: dict[int, str] = {}
+
+        def sql_for(n: int) -> str:
+            sql = sql_many.get(n)
+            if sql is None:
+                sql = sql_many[n] = self.select_sql(view, features, n)
+            return sql
+
+        def fetch(keys: list[Any]) -> dict[Any, tuple[Any, ...]]:
+            conn = self.conn()
+            if len(keys) == 1:
+                key = keys[0]
+                if key is None:
+                    return {}
+                row = conn.execute(sql_one, (key,)).fetchone()
+                return {key: row} if row is not None else {}
+            unique = [k for k in dict.fromkeys(keys) if k is not None]
+            found: dict[Any, tuple[Any, ...]] = {}
+            if len(unique) <= MAX_KEYS_PER_QUERY:
+                if unique:
+                    for row in conn.execute(sql_one if len(unique) == 1 else sql_for(len(unique)), unique):
+                        found[row[0]] = row
+                return found
+            # several queries: one read transaction, so they all see the same committed state
+            conn.execute("BEGIN")
+            try:
+                for start in range(0, len(unique), MAX_KEYS_PER_QUERY):
+                    chunk = unique[start : start + MAX_KEYS_PER_QUERY]
+                    for row in conn.execute(sql_one if len(chunk) == 1 else sql_for(len(chunk)), chunk):
+                        found[row[0]] = row
+            finally:
+                conn.execute("COMMIT")
+            return found
+
+        return fetch

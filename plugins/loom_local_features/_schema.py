@@ -143,7 +143,7 @@ class ViewRecord:
         )
 
     @classmethod
-    def from_json(cls, text: str, source: Path) -> ViewRecord:
+    def from_json(cls, text: str, source: Path | str) -> ViewRecord:
         try:
             data = json.loads(text)
             if data.get("format") != VIEW_FORMAT:

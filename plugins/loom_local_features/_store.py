@@ -1,6 +1,7 @@
-"""``LocalFeatureStore``: view definitions in JSON files, history in :mod:`._offline`, latest values in :mod:`._online`.
+"""``LocalFeatureStore``: view definitions in JSON files, history in :mod:`._offline`, latest values in :mod:`._online`
+(SQLite) or :mod:`._postgres` (PostgreSQL).
 
-The layout on disk and the contract it keeps are described in the package docstring (:mod:`loom_local_features`).
+The layout and the contract it keeps are described in the package docstring (:mod:`loom_local_features`).
 """
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +25,17 @@ from runtime import (
     DataValidationError,
     FeatureService,
     FeatureView,
+    Location,
     NotFoundError,
     check_local_filesystem,
     check_name,
-    write_atomic,
+    open_location,
+    redact,
 )
 
 from ._offline import SEQ, OfflineStore, Part
-from ._online import MAX_KEYS_PER_QUERY, OnlineStore
+from ._online import OnlineStore
+from ._postgres import DEFAULT_SCHEMA, PostgresOnlineStore, is_postgres_url
 from ._schema import (
     ENTITY_TYPES,
     ViewRecord,
@@ -47,14 +51,28 @@ from ._schema import (
     view_to_dict,
 )
 
-try:  # cross-process lock for view-file updates; POSIX only (elsewhere, the in-process lock still applies)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
-
 _TS = "__loom_ts"
 _ROW = "__loom_row"
 _NAT = np.iinfo(np.int64).min  # the int64 bit pattern of NaT
+#: On an object store, how long a lookup may use a view definition before reading it again (a local view file is
+#: checked with one ``stat`` per lookup instead). Writes, joins and definitions always read it afresh.
+VIEW_CACHE_S = float(os.environ.get("LOOM_FEATURES_VIEW_CACHE_S", "1.0"))
+#: Reads of a remote view file before a torn or failed one is reported (see ``LocalFeatureStore._read_record``).
+_TORN_READ_ATTEMPTS = 5
+#: What the store's files are called in errors.
+_WHAT = "the feature store's files"
+#: On S3 the reachability check at opening runs on a probe with shorter requests and fewer attempts than the store's
+#: own (sized for big Parquet uploads), so an endpoint that accepts connections and never answers is reported in
+#: seconds rather than minutes; a refused connection or a missing bucket in a second or two.
+PROBE_REQUEST_TIMEOUT_S = 3.0
+PROBE_ATTEMPTS = 2
+
+
+def _probe(location: Location) -> Location:
+    if location.uri.split("://", 1)[0].lower() in ("s3", "s3a"):
+        return open_location(location.uri, what=_WHAT, request_timeout_s=PROBE_REQUEST_TIMEOUT_S,
+                             attempts=PROBE_ATTEMPTS)
+    return location
 
 
 # -- per-view cached state ---------------------------------------------------------------------------------------------
@@ -65,28 +83,24 @@ class _LookupPlan:
     """Everything an online lookup of one (view, features) pair needs, computed once."""
 
     features: tuple[str, ...]
-    sql_one: str
-    sql_many: dict[int, str]
-    select: Callable[[int], str]
+    fetch: Callable[[list[Any]], dict[Any, tuple[Any, ...]]]
     normalize: Callable[[Any], Any]
     converters: tuple[Callable[[list[Any]], Any], ...]
-
-    def sql_for(self, n: int) -> str:
-        sql = self.sql_many.get(n)
-        if sql is None:
-            sql = self.sql_many[n] = self.select(n)
-        return sql
+    #: Whether the types of the key and of every feature are known (else a newer view file may change the plan).
+    complete: bool
 
 
 @dataclass
 class _ViewState:
-    """A loaded view file, the stat stamp it was read at, and lookup plans derived from it."""
+    """A loaded view file, what it was read at (a local file's stat stamp, else its bytes and when they were
+    read), and lookup plans derived from it."""
 
     record: ViewRecord
-    file: Path
-    stamp: tuple[int, int, int]
+    file: str
+    stamp: Any
+    checked: float = 0.0
     table_ready: bool = False
-    plans: dict[tuple[str, ...], _LookupPlan] = field(default_factory=dict)
+    plans: dict[tuple[str, ...] | None, _LookupPlan] = field(default_factory=dict)
 
     @property
     def view(self) -> FeatureView:
@@ -180,36 +194,88 @@ def _no_key(key: Any) -> None:
 
 
 class LocalFeatureStore:
-    """A :class:`runtime.FeatureStore` on local files: Parquet history offline, SQLite latest values online.
+    """A :class:`runtime.FeatureStore`: Parquet history offline (a local directory or any file system URI), latest
+    values online (SQLite, or PostgreSQL shared by many hosts).
 
-    Safe to share between threads (one SQLite connection per thread) and between processes on one machine
-    (atomic file renames, SQLite locking, an ``flock`` around view-file updates). Picklable: a copy sent to a
-    Ray worker re-opens the same files.
+    Safe to share between threads (SQLite: one connection per thread; PostgreSQL: a connection pool) and between
+    processes (atomic file writes; SQLite locking or PostgreSQL transactions; a lock around view-file updates: an
+    ``flock`` next to the SQLite file, or a PostgreSQL advisory lock across hosts). Picklable: a copy sent to a Ray
+    worker re-opens the same files and database.
     """
 
-    def __init__(self, path: Path | str) -> None:
-        """Open (creating if needed) the store rooted at ``path``."""
-        self.path = Path(path)
-        check_local_filesystem(self.path, what="the local feature store (online SQLite)")
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._views_dir = self.path / "views"
-        self.offline = OfflineStore(self.path / "offline")
-        self.online = OnlineStore(self.path / "online.db")
+    def __init__(
+        self,
+        path: Path | str | Location,
+        *,
+        db: str | None = None,
+        schema: str | None = None,
+        local_dir: Path | str | None = None,
+    ) -> None:
+        """Open (creating if needed) the store whose files are at ``path`` (a directory, a file system URI or a
+        :class:`runtime.Location`), with online rows in PostgreSQL at ``db`` (in ``schema``, default
+        ``loom_features``) or, without ``db``, in SQLite at ``<local_dir>/online.db`` (``local_dir`` defaults to
+        ``path``, which must then be a local directory). An unreachable bucket or database is a
+        :class:`runtime.ConfigError` naming it (credentials redacted) within seconds."""
+        self._config = {
+            "path": path.uri if isinstance(path, Location) else os.fspath(path),
+            "db": db,
+            "schema": schema,
+            "local_dir": None if local_dir is None else os.fspath(local_dir),
+        }
+        location = path if isinstance(path, Location) else open_location(path, what=_WHAT)
+        if db is None:
+            if schema is not None:
+                raise ConfigError(
+                    "feature store 'local': option 'schema' names a PostgreSQL schema; it needs storage.db set to "
+                    "a postgresql:// URL"
+                )
+            if local_dir is None:
+                if not location.local:
+                    raise ConfigError(
+                        f"feature store 'local' on {location.shown} keeps its online SQLite database on a local "
+                        "disk: give local_dir (or set storage.db to a postgresql:// URL)"
+                    )
+                local_dir = location.path
+            sqlite_dir = Path(local_dir)
+            check_local_filesystem(sqlite_dir, what="the local feature store (online SQLite)")
+        elif not is_postgres_url(db):
+            raise ConfigError(
+                f"feature store 'local' keeps online features in SQLite under the state directory (storage.db unset) "
+                f"or in PostgreSQL (storage.db: postgresql://...), not in {redact(db)!r}"
+            )
+        if not location.local:
+            _probe(location).check(_WHAT)  # no bucket, a dead or silent endpoint: a ConfigError within seconds
+        #: Where the files are (a :class:`runtime.Location`), and their local directory when on the local disk.
+        self.location = location
+        self.path: Path | None = None
+        if location.local:
+            given = not isinstance(path, Location) and not os.fspath(path).startswith("file://")
+            self.path = Path(path) if given else Path(location.path)  # type: ignore[arg-type]
+        self.online: OnlineStore | PostgresOnlineStore
+        if db is None:
+            self.online = OnlineStore(sqlite_dir / "online.db")
+        else:  # connects now: an unreachable server or a refused login is said before anything is made on disk
+            self.online = PostgresOnlineStore(db, schema or DEFAULT_SCHEMA)
+        if location.local:
+            Path(location.path).mkdir(parents=True, exist_ok=True)
+        self.offline = OfflineStore(location.child("offline"))
         self._views: dict[str, _ViewState] = {}
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
-        return f"LocalFeatureStore({str(self.path)!r})"
+        return f"LocalFeatureStore({self.location.shown!r}, online={self.online.location!r})"
 
-    # pickling: ship the location, not the open connections and locks
+    # pickling: ship the configuration, not the open connections and locks
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": str(self.path)}
+        return dict(self._config)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])  # type: ignore[misc]
+        if "path" in state and len(state) == 1:  # pickled by an older version
+            state = {"path": state["path"], "db": None, "schema": None, "local_dir": None}
+        self.__init__(state["path"], db=state["db"], schema=state["schema"], local_dir=state["local_dir"])  # type: ignore[misc]
 
     def close(self) -> None:
-        """Close the SQLite connections this object opened (in every thread). The store stays usable: a later
+        """Close the database connections this object opened (in every thread). The store stays usable: a later
         call opens a fresh connection."""
         self.online.close()
 
@@ -221,56 +287,82 @@ class LocalFeatureStore:
 
     # -- view definitions --------------------------------------------------------------------------------------
 
-    def _view_file(self, name: str) -> Path:
-        return self._views_dir / f"{name}.json"
+    @staticmethod
+    def _view_file(name: str) -> str:
+        return f"views/{name}.json"
 
     @contextlib.contextmanager
     def _meta_lock(self) -> Iterator[None]:
-        """Serialise view-file read-modify-write cycles across threads and processes."""
-        with self._lock:
-            if fcntl is None:  # pragma: no cover
-                yield
-                return
-            with open(self.path / ".lock", "a+b") as fh:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        """Serialise view-file read-modify-write cycles across threads, processes and (on PostgreSQL) hosts."""
+        with self._lock, self.online.meta_lock():
+            yield
 
-    def _read_record(self, name: str) -> ViewRecord | None:
+    def _read_record(self, name: str) -> tuple[ViewRecord, bytes] | None:
+        """The view file's record and bytes (``None`` when there is none).
+
+        On an object store a read that overlaps a rewrite can come back torn: pyarrow learns the size (HEAD), then
+        fetches that many bytes (ranged GET), of what may by then be the new, longer version. A proper prefix of a
+        JSON object never parses, so a torn read is always caught here, and read again."""
         file = self._view_file(name)
-        try:
-            text = file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        return ViewRecord.from_json(text, file)
+        attempts = 1 if self.location.local else _TORN_READ_ATTEMPTS
+        for attempt in range(1, attempts + 1):
+            try:
+                data = self.location.read_bytes(file)
+                return ViewRecord.from_json(data.decode("utf-8", "replace"), self.location.child(file).shown), data
+            except FileNotFoundError:
+                return None
+            except (ConfigError, OSError):
+                if attempt == attempts:
+                    raise
+                time.sleep(0.02 * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _save_record(self, record: ViewRecord) -> None:
-        write_atomic(self._view_file(record.view.name), record.to_json().encode("utf-8"))
+        self.location.write_bytes(self._view_file(record.view.name), record.to_json().encode("utf-8"))
 
-    def _state(self, name: str) -> _ViewState:
-        """The cached state of view ``name``, re-read if its file changed (cheap: one ``stat``)."""
+    def _missing_view(self, name: str) -> NotFoundError:
+        self._views.pop(name, None)
+        known = ", ".join(self.list_views()) or "none"
+        return NotFoundError(f"feature view {name!r} does not exist (known views: {known}); apply() it first")
+
+    def _state(self, name: str, *, fresh: bool = False) -> _ViewState:
+        """The cached state of view ``name``. A local view file is re-read when its ``stat`` changes (one call per
+        lookup); a remote one when the cached copy is older than :data:`VIEW_CACHE_S` or ``fresh`` is asked."""
         cached = self._views.get(name)
         file = cached.file if cached is not None else self._view_file(check_name(name, "feature view name"))
-        try:
-            stamp = _stamp(os.stat(file))
-        except FileNotFoundError:
-            self._views.pop(name, None)
-            known = ", ".join(self.list_views()) or "none"
-            raise NotFoundError(f"feature view {name!r} does not exist (known views: {known}); apply() it first")
-        if cached is not None and cached.stamp == stamp:
-            return cached
-        record = self._read_record(name)
-        if record is None:  # deleted between stat and read
-            raise NotFoundError(f"feature view {name!r} does not exist; apply() it first")
-        state = _ViewState(record=record, file=file, stamp=stamp)
+        if self.location.local:
+            try:
+                stamp: Any = _stamp(os.stat(self.location.local_path(file)))
+            except FileNotFoundError:
+                raise self._missing_view(name) from None
+            if cached is not None and cached.stamp == stamp:
+                return cached
+            loaded = self._read_record(name)
+            if loaded is None:  # deleted between stat and read
+                raise NotFoundError(f"feature view {name!r} does not exist; apply() it first")
+            state = _ViewState(record=loaded[0], file=file, stamp=stamp)
+        else:
+            now = time.monotonic()
+            if cached is not None and not fresh and now - cached.checked < VIEW_CACHE_S:
+                return cached
+            loaded = self._read_record(name)
+            if loaded is None:
+                raise self._missing_view(name)
+            if cached is not None and cached.stamp == loaded[1]:
+                cached.checked = now
+                return cached
+            state = _ViewState(record=loaded[0], file=file, stamp=loaded[1], checked=now)
         self._views[name] = state
         return state
 
+    def _online_types(self, state: _ViewState) -> dict[str, str | None]:
+        """The type of each feature's stored data (``None``: no data yet), for PostgreSQL's typed columns."""
+        rec = state.record
+        return {f: rec.types.get(f) for f in state.view.features}
+
     def _ensure_table(self, state: _ViewState) -> None:
         if not state.table_ready:
-            self.online.ensure_table(state.view.name, state.view.features)
+            self.online.ensure_table(state.view.name, state.view.features, self._online_types(state))
             state.table_ready = True
 
     def apply(self, view: FeatureView) -> None:
@@ -282,7 +374,8 @@ class LocalFeatureStore:
         the same way."""
         view = validate_view(view)
         with self._meta_lock():
-            existing = self._read_record(view.name)
+            loaded = self._read_record(view.name)
+            existing = loaded[0] if loaded is not None else None
             if existing is not None and view_to_dict(existing.view) == view_to_dict(view):
                 record = existing
             else:
@@ -306,7 +399,7 @@ class LocalFeatureStore:
                             )
                 record = ViewRecord(view=view, types=types)
                 self._save_record(record)
-        self.online.ensure_table(view.name, view.features)
+        self.online.ensure_table(view.name, view.features, {f: record.types.get(f) for f in view.features})
         self._views.pop(view.name, None)
 
     def apply_service(self, service: FeatureService) -> None:
@@ -315,28 +408,36 @@ class LocalFeatureStore:
         name = check_name(service.name, "feature service name")
         selection = {}
         for projection in service.projections:
-            self._check_features(self._state(projection.name), projection.features)
+            self._check_features(self._state(projection.name, fresh=True), projection.features)
             selection[projection.name] = list(projection.features)
         data = json.dumps({"name": name, "views": selection}, indent=2).encode("utf-8")
-        file = self.path / "services" / f"{name}.json"
+        file = f"services/{name}.json"
         with self._meta_lock():
-            if not file.exists() or file.read_bytes() != data:
-                write_atomic(file, data)
+            try:
+                same = self.location.read_bytes(file) == data
+            except FileNotFoundError:
+                same = False
+            if not same:
+                self.location.write_bytes(file, data)
+
+    def _names(self, directory: str) -> list[str]:
+        return sorted(
+            rel[len(directory) + 1 : -len(".json")]
+            for rel in self.location.files(directory, ".json")
+            if "/" not in rel[len(directory) + 1 :]
+        )
 
     def list_services(self) -> list[str]:
         """Names of all applied feature services, sorted."""
-        directory = self.path / "services"
-        return sorted(p.stem for p in directory.glob("*.json") if not p.name.startswith(".")) if directory.is_dir() else []
+        return self._names("services")
 
     def get_view(self, name: str) -> FeatureView:
         """The definition of view ``name`` (:class:`runtime.NotFoundError` if it was never applied)."""
-        return self._state(name).view
+        return self._state(name, fresh=True).view
 
     def list_views(self) -> list[str]:
         """Names of all applied views, sorted."""
-        if not self._views_dir.is_dir():
-            return []
-        return sorted(p.stem for p in self._views_dir.glob("*.json") if not p.name.startswith("."))
+        return self._names("views")
 
     # -- writing -----------------------------------------------------------------------------------------------
 
@@ -349,9 +450,10 @@ class LocalFeatureStore:
         if all(c in state.record.types for c in columns):
             return state
         with self._meta_lock():
-            record = self._read_record(view.name)
-            if record is None:
+            loaded = self._read_record(view.name)
+            if loaded is None:
                 raise NotFoundError(f"feature view {view.name!r} was deleted")
+            record = loaded[0]
             learned: dict[str, str] = {}
             for col in columns:
                 if col in record.types:
@@ -371,12 +473,12 @@ class LocalFeatureStore:
             if learned:
                 record.types.update(learned)
                 self._save_record(record)
-        return self._state(view.name)
+        return self._state(view.name, fresh=True)
 
     def _prepare(self, view: str, df: pd.DataFrame, action: str) -> tuple[_ViewState, pd.DataFrame | None]:
         """Validate ``df`` against the view and return it in canonical form (entity, timestamp, features, with
         the view's column types; a fresh ``RangeIndex``; extra columns dropped), or ``None`` when it has no rows."""
-        state = self._state(view)
+        state = self._state(view, fresh=True)
         v = state.view
         source = f"{action} to feature view {view!r}"
         if not isinstance(df, pd.DataFrame):
@@ -439,7 +541,8 @@ class LocalFeatureStore:
         part = self._append_offline(state, frame)
         frame[SEQ] = part.seq
         self._ensure_table(state)
-        self.online.upsert(view, state.view.features, self._online_rows(state, frame), done_parts=[part.name])
+        self.online.upsert(view, state.view.features, self._online_rows(state, frame), done_parts=[part.name],
+                           types=self._online_types(state))
         return len(frame)
 
     def _online_rows(self, state: _ViewState, frame: pd.DataFrame) -> list[tuple[Any, ...]]:
@@ -460,7 +563,7 @@ class LocalFeatureStore:
         late-arriving rows with old timestamps are still picked up). With ``since`` (a datetime or ISO string) all
         parts are read and only rows stamped strictly after it are considered; that does not move the incremental
         bookkeeping. Either way an online value is only replaced by a newer one, so re-running is harmless."""
-        state = self._state(view)
+        state = self._state(view, fresh=True)
         v = state.view
         self._ensure_table(state)
         parts = self.offline.parts(view)
@@ -476,7 +579,8 @@ class LocalFeatureStore:
         if since is not None:
             frame = frame[frame[v.timestamp].to_numpy(dtype="datetime64[ns]").view("int64") > since_ns]
         rows = self._online_rows(state, frame) if len(frame) else []
-        return self.online.upsert(view, v.features, rows, done_parts=[p.name for p in todo] if since is None else ())
+        return self.online.upsert(view, v.features, rows, done_parts=[p.name for p in todo] if since is None else (),
+                                  types=self._online_types(state))
 
     def _read_offline(self, state: _ViewState, parts: list[Part], features: Sequence[str]) -> pd.DataFrame:
         frame = self.offline.read(parts, self._arrow_schema(state, features))
@@ -516,7 +620,7 @@ class LocalFeatureStore:
         Implemented with ``pandas.merge_asof`` (``direction="backward"``, ``tolerance=ttl``) on time-sorted
         copies, then put back in the input order. Rows stamped identically for one entity resolve to the one
         written last."""
-        state = self._state(view)
+        state = self._state(view, fresh=True)
         feats = self._check_features(state, features)
         v, rec = state.view, state.record
         source = f"entity_df for feature view {view!r}"
@@ -569,25 +673,47 @@ class LocalFeatureStore:
         return out
 
     def _plan(self, state: _ViewState, features: Sequence[str] | None) -> _LookupPlan:
-        """Validate ``features`` and precompute the SQL, key normaliser and value converters for a lookup."""
+        """Validate ``features`` and precompute the query, key normaliser and value converters for a lookup."""
         feats = self._check_features(state, features)
         name, rec = state.view.name, state.record
         ent_type = rec.type_of(state.view.entity)
         normalize = {"int": _norm_int_key, "string": _norm_str_key, "category": _norm_str_key}.get(
             ent_type or "", _no_key
         )
-
-        def select(n: int) -> str:
-            return OnlineStore.select_sql(name, feats, n)
-
+        types = self._online_types(state)
         return _LookupPlan(
             features=feats,
-            sql_one=select(1),
-            sql_many={},
-            select=select,
+            fetch=self.online.fetcher(name, feats, types),
             normalize=normalize,
             converters=tuple(_CONVERTERS[rec.type_of(f)] for f in feats),
+            complete=ent_type is not None and all(types[f] is not None for f in feats),
         )
+
+    def _lookup_plan(self, view: str, features: Sequence[str] | None) -> tuple[_ViewState, _LookupPlan]:
+        state = self._state(view)
+        cache_key = tuple(features) if features is not None else None
+        plan = state.plans.get(cache_key)
+        if plan is not None and (plan.complete or self.location.local):
+            return state, plan
+        if self.location.local:  # the stat in _state already saw any newer view file
+            plan = state.plans[cache_key] = self._plan(state, features)
+            return state, plan
+        if plan is None:
+            try:
+                plan = self._plan(state, features)
+            except NotFoundError:  # a feature the cached definition lacks: a newer one may have it
+                pass
+            else:
+                state.plans[cache_key] = plan
+                if plan.complete:
+                    return state, plan
+        # incomplete (a type not learned yet: until it is, lookups give nulls) or unknown: the remote view file may
+        # be newer than the cached copy
+        state = self._state(view, fresh=True)
+        plan = state.plans.get(cache_key)
+        if plan is None:
+            plan = state.plans[cache_key] = self._plan(state, features)
+        return state, plan
 
     def get_online_features(
         self, view: str, entity_keys: Sequence[Any], features: Sequence[str] | None = None
@@ -598,21 +724,18 @@ class LocalFeatureStore:
         are the requested features, typed as the view declares: ints ``Int64``, floats ``float64``, bools
         ``boolean``, strings ``string``, timestamps ``datetime64[ns]`` (the same dtypes as
         :meth:`get_historical_features`, so training and serving agree). Keys may be ints or strings (numpy
-        scalars too). This is the hot path: per-view plans and SQL are cached, the SQLite connection is per thread
-        and its statements stay prepared, and values go straight from SQLite rows to typed arrays."""
-        state = self._state(view)
-        cache_key = tuple(features) if features is not None else None
-        plan = state.plans.get(cache_key)
-        if plan is None:
-            plan = state.plans[cache_key] = self._plan(state, features)
+        scalars too). This is the hot path: per-view plans and queries are cached (statements stay prepared on
+        SQLite's per-thread and PostgreSQL's pooled connections), a batch of keys is one query on PostgreSQL, and
+        values go straight from database rows to typed arrays."""
+        state, plan = self._lookup_plan(view, features)
         norm = plan.normalize
         keys = [norm(k) for k in entity_keys]
         try:
-            found = self._fetch(plan, keys)
-        except sqlite3.OperationalError:  # table dropped or missing a new column: (re)create it once and retry
+            found = plan.fetch(keys)
+        except self.online.retry_errors:  # table dropped or missing a new column: (re)create it once and retry
             state.table_ready = False
             self._ensure_table(state)
-            found = self._fetch(plan, keys)
+            found = plan.fetch(keys)
         if not plan.features:
             return pd.DataFrame(index=pd.RangeIndex(len(keys)))
         rows = [found.get(k) for k in keys]
@@ -620,24 +743,6 @@ class LocalFeatureStore:
         for i, (f, convert) in enumerate(zip(plan.features, plan.converters), start=1):
             columns[f] = convert([None if r is None else r[i] for r in rows])
         return pd.DataFrame(columns, index=pd.RangeIndex(len(keys)), copy=False)
-
-    def _fetch(self, plan: _LookupPlan, keys: list[Any]) -> dict[Any, tuple[Any, ...]]:
-        """Rows found for ``keys`` (``None`` keys skipped), by key."""
-        conn = self.online.conn()
-        if len(keys) == 1:
-            key = keys[0]
-            if key is None:
-                return {}
-            row = conn.execute(plan.sql_one, (key,)).fetchone()
-            return {key: row} if row is not None else {}
-        unique = [k for k in dict.fromkeys(keys) if k is not None]
-        found: dict[Any, tuple[Any, ...]] = {}
-        for start in range(0, len(unique), MAX_KEYS_PER_QUERY):
-            chunk = unique[start : start + MAX_KEYS_PER_QUERY]
-            sql = plan.sql_one if len(chunk) == 1 else plan.sql_for(len(chunk))
-            for row in conn.execute(sql, chunk):
-                found[row[0]] = row
-        return found
 
 
 def _storage(loom_type: str) -> str:

@@ -39,7 +39,8 @@ def _client(address: str | None):
                                 "http://127.0.0.1:8265).")
 @click.option("--command", "stage", type=click.Choice(["up", "train", "validate", "deploy"]), default="up",
               show_default=True, help="The loom command the job runs.")
-@click.option("--state-dir", help="LOOM_STATE_DIR for the job: storage every node can read (registry, features).")
+@click.option("--state-dir", help="LOOM_STATE_DIR for the job (its driver's local state); state shared across "
+              "nodes belongs in loom.yaml's storage: section (PostgreSQL + object storage).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the job and stream its logs.")
 def submit(project: str, address: str | None, stage: str, state_dir: str | None, wait: bool) -> None:
     """Ship PROJECT to a Ray cluster as a job (its working directory) and run `loom <command>` there."""
