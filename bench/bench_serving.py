@@ -83,7 +83,7 @@ def calibrate_wide(target_ms: float = 1.0) -> tuple[list[int], float]:
 
 
 def make_project(work: Path, port: int, wide_hidden: list[int], *, sample_rate: float = 1.0,
-                 folder: str = "bench-project", monitoring: dict | None = None) -> Path:
+                 folder: str = "bench-project", monitoring: dict | None = None, replicas: int = 1) -> Path:
     """A Loom project whose registry holds ``tiny`` and ``wide`` (random weights, standardised inputs)."""
     import numpy as np
     import pandas as pd
@@ -100,7 +100,7 @@ def make_project(work: Path, port: int, wide_hidden: list[int], *, sample_rate: 
                **{c: {"type": "float", "nullable": False} for c in COLUMNS}}
     cfg = {"name": "bench-serving", "data": {"source": "csv://unused.csv", "entity": "id", "timestamp": "ts",
                                              "label": "y", "columns": columns},
-           "model": {"name": "tiny"}, "serving": {"port": port, "replica_cpus": 1},
+           "model": {"name": "tiny"}, "serving": {"port": port, "replica_cpus": 1, "replicas": replicas},
            "monitoring": {"sample_rate": sample_rate, "window": 1000, "interval_s": None, **(monitoring or {})}}
     (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     project = load_project(root)
@@ -363,9 +363,11 @@ def measure(args: argparse.Namespace) -> dict:
           f"{wide_ms:.3f} ms", flush=True)
     port = free_port()
     root = make_project(work, port, wide_hidden, sample_rate=args.c_sample_rate,
-                        monitoring=json.loads(args.c_monitoring) if args.c_monitoring else None)
+                        monitoring=json.loads(args.c_monitoring) if args.c_monitoring else None,
+                        replicas=args.replicas)
     port_d = free_port()  # (d): the same project and weights with capture off (monitoring.sample_rate 0)
-    root_d = make_project(work, port_d, wide_hidden, sample_rate=0.0, folder="bench-project-no-capture")
+    root_d = make_project(work, port_d, wide_hidden, sample_rate=0.0, folder="bench-project-no-capture",
+                          replicas=args.replicas)
     body = work / "body.json"
     body.write_bytes(request_body())
     results: dict = {"models": {"tiny": {"hidden": [64], "forward_ms": tiny_ms},
@@ -428,7 +430,8 @@ def report(results: dict) -> str:
         for clients in sorted(set(on) & set(off)):
             paired = [a / b for a, b in zip(on[clients]["rounds_rps"], off[clients]["rounds_rps"])]
             lines.append(f"\ncapture on / off, {model}, {clients} clients: {on[clients]['rps'] / off[clients]['rps']:.3f}x "
-                         f"(medians); round by round {' / '.join(f'{x:.3f}' for x in paired)}")
+                         f"(medians); round by round {' / '.join(f'{x:.3f}' for x in paired)}; median of the "
+                         f"paired rounds {sorted(paired)[len(paired) // 2]:.3f}x")
     idle = results.get("idle_cpu_share", {})
     for model, by_kind in idle.items():
         shares = ", ".join(f"({k}) {v:.0%}" for k, v in by_kind.items())
@@ -469,6 +472,8 @@ def main() -> None:
                         help="monitoring.sample_rate of (c); 0 makes (c) and (d) the same server, an A/A check.")
     parser.add_argument("--c-monitoring", help="JSON: more monitoring settings for (c), e.g. '{\"store\": null}' to "
                                                "capture into the drift window only, without the Parquet store.")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="Serving replicas of (c) and (d); with 2, both feed the deployment's one monitor.")
     parser.add_argument("--json", type=Path, help="Also write the raw results here.")
     args = parser.parse_args()
     results = measure(args)

@@ -557,14 +557,22 @@ class Project(BaseModel):
     def spec(self) -> dict[str, Any]:
         """What another process needs to open this project without reading its directory: the root (for relative
         paths) and the project file's settings, secrets still as ``${VAR}`` when the project came from a file."""
-        if self._raw is not None:
+        if self._raw is not None and self._raw_matches():
             data = self._raw
-        else:  # built in code: its settings as they are
+        else:  # built in code, or changed since it was read (model_copy): its settings as they are
             data = self.config.model_dump(mode="json", exclude_unset=True)
             storage = self.config.storage.model_dump(mode="json", exclude_none=True)
             if storage:
                 data["storage"] = storage
         return {"root": str(self.root), "data": data}
+
+    def _raw_matches(self) -> bool:
+        """Whether the file's settings (interpolated here) are still this project's: a copy with other settings
+        (``model_copy(update=...)``) keeps the private ``_raw`` of the project it came from."""
+        try:
+            return parse_config(interpolate(self._raw)) == self.config
+        except ConfigError:
+            return False
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Project:

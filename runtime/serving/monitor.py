@@ -27,6 +27,7 @@ from ..config import Project, load_project
 from ..plugins import get_plugins
 from .capture import read_captured, read_feedback
 from .drift import DriftChecks
+from .metrics import RayExport
 from .protocol import RequestError
 from .routing import RoutingTable
 from .server import ModelServer
@@ -56,6 +57,7 @@ class DeploymentMonitor:
                                   shipped=shipped)
         self.registry = CollectorRegistry()
         self.checks = DriftChecks(self.server, registry=self.registry)  # the deployment's one schedule
+        self.export = RayExport.in_ray_worker(self.registry)  # the drift gauges, to Ray's metrics: one per deployment
         self.generation = -1
         self.rows = 0
         self._seeded: set[tuple[str, int]] = set()

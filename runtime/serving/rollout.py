@@ -41,6 +41,7 @@ from ..plugins import get_plugins
 from .app import LoomApp
 from .client import ServingClient, served_tokens, url_of
 from .depot import is_shared, ship, stop_depot
+from .metrics import RayExport
 from .monitor import RemoteChecks, monitor_actor, stop_monitor
 from .routing import RoutingTable
 from .server import ModelServer, check_exposure
@@ -67,6 +68,8 @@ class LoomIngress:
             # every replica's traffic goes to the deployment's one monitor, which answers every replica's routes
             checks = RemoteChecks(self.server, monitor_actor(self.server.project, token, operator_token, shipped))
         self._loom_app = LoomApp(self.server, checks)  # (`app` is Serve's name)
+        # every replica's metrics on its node's Ray metrics export port, which Prometheus scrapes
+        self._ray_export = RayExport.in_ray_worker(self.server.metrics.registry)
 
     def __serve_build_asgi_app__(self) -> LoomApp:
         return self._loom_app
