@@ -63,6 +63,13 @@ def main() -> None:
     flushes = [samples[i:i + args.flush] for i in range(0, len(samples), args.flush)]
     config = table.to_config()
 
+    from runtime.serving.capture import _table
+
+    layout = replica.store.layouts[("churn", 1)]  # type: ignore[union-attr]
+    started = time.perf_counter()
+    tables = [_table(batch, layout) for batch in flushes]  # what a replica's flush writes and sends
+    table_s = time.perf_counter() - started
+
     monitor = DeploymentMonitor(str(project_dir), None, None)
     monitor.ingest(config, [])  # loads the version, as the first flush of a deployment does
     started = time.perf_counter()
@@ -81,11 +88,26 @@ def main() -> None:
     started = time.perf_counter()
     ray.get([actor.ingest.remote(config, batch) for batch in flushes])
     via_ray = time.perf_counter() - started
+    actor2 = ray.remote(DeploymentMonitor).options(num_cpus=0).remote(str(project_dir), None, None)
+    ray.get(actor2.ingest_tables.remote(config, []))
+    started = time.perf_counter()
+    refs = [actor2.ingest_tables.remote(config, [("churn", 1, t)]) for t in tables]
+    send_s = time.perf_counter() - started  # the replica's side: serialising the call
+    ray.get(refs)
+    via_tables = time.perf_counter() - started
+    started = time.perf_counter()
+    refs = [actor.ingest.remote(config, batch) for batch in flushes]
+    send_samples_s = time.perf_counter() - started
+    ray.get(refs)
     ray.shutdown()
 
     print(f"monitor intake, direct calls:   {args.rows / direct:>10,.0f} rows/s ({len(flushes)} flushes of "
           f"{args.flush})")
     print(f"monitor intake, via Ray actor:  {args.rows / via_ray:>10,.0f} rows/s (goal >= 20,000)")
+    print(f"monitor intake, Arrow tables via Ray actor (what replicas send): {args.rows / via_tables:>10,.0f} rows/s")
+    print(f"replica's cost to send a flush, per captured row: samples {send_samples_s / args.rows * 1e6:.1f} us, "
+          f"Arrow table {(send_s + table_s) / args.rows * 1e6:.1f} us (of which building the table, which the store "
+          f"write needs anyway, {table_s / args.rows * 1e6:.1f} us)")
     print(f"drift check over the {window}-row window in the monitor: {check_s:.2f} s")
 
 

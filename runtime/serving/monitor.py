@@ -81,6 +81,25 @@ class DeploymentMonitor:
             self.rows += sample[6]
         return self.rows
 
+    def ingest_tables(self, table: dict[str, Any] | None, parts: list[tuple[str, int, Any]]) -> int:
+        """A replica's flush as it wrote it to the store: ``(model, version, Arrow table)`` per version, with the
+        routing table it serves (the newest generation wins)."""
+        if table is not None and table.get("generation", -1) > self.generation:
+            self._adopt(RoutingTable.from_config(table))
+        loaded = self.server.loaded
+        for model, version, data in parts:
+            key = (model, int(version))
+            lv = loaded.get(key)
+            if lv is None:
+                continue
+            rows = data.to_pandas()
+            seeded = self._seed_ids.get(key)
+            if seeded:  # read back from the store already
+                rows = rows[~rows["request_id"].isin(seeded)].reset_index(drop=True)
+            lv.capture.extend_rows(rows)
+            self.rows += len(rows)
+        return self.rows
+
     def _adopt(self, table: RoutingTable) -> None:
         self.server.apply(table)
         self.generation = table.generation
@@ -175,10 +194,11 @@ class RemoteChecks:
         #: are served instead) and it schedules nothing.
         self.local = DriftChecks(server, schedule=False, registry=CollectorRegistry())
         self._metrics: tuple[float, bytes] = (0.0, b"")
-        server.store.forward = self._forward  # type: ignore[union-attr]
+        server.store.forward_tables = self._forward  # type: ignore[union-attr]
 
-    def _forward(self, samples: list[tuple]) -> None:
-        self.handle.ingest.remote(self.server.table.to_config(), samples)
+    def _forward(self, tables: dict[tuple[str, int], Any]) -> None:
+        self.handle.ingest_tables.remote(self.server.table.to_config(),
+                                         [(m, v, t) for (m, v), t in tables.items()])
 
     def _ask(self, method: str, *args: Any) -> Any:
         self.server.store.flush()  # type: ignore[union-attr]  # this replica's latest rows go first
