@@ -607,10 +607,10 @@ class Project(BaseModel):
 
     @property
     def capture_dir(self) -> Path:
-        """Where served traffic, feedback, drift history and the retrain loop's state go: ``monitoring.store_path``,
-        else ``<state_dir>/capture``."""
+        """The capture store's local directory, where the retrain loop keeps its state: ``monitoring.store_path`` when
+        it is a directory, else ``<state_dir>/capture`` (captured traffic itself goes to :attr:`capture_uri`)."""
         path = self.config.monitoring.store_path
-        return self.path(path) if path else self.state_dir / "capture"
+        return self.path(path) if path and not _URL.match(path) else self.state_dir / "capture"
 
     @property
     def capture_uri(self) -> str:
