@@ -485,6 +485,9 @@ class RetrainConfig(_Strict):
     min_labelled: int = Field(100, ge=1, description="Labelled served rows needed to judge the canary.")
     min_improvement: float = Field(0.0, ge=0, description="How much the new version must improve the task's metric to be "
                                                         "promoted: accuracy gained, or RMSE lost (regression).")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence with which the judge's paired test "
+                              "(McNemar's exact test; a bootstrap of the RMSE gap for regression) must find the new "
+                              "version better before it is promoted.")
     cooldown_s: float = Field(600, ge=0, description="Seconds after a retrain before drift can start another.")
 
 

@@ -174,6 +174,25 @@ def loom_drift_detected(project: Project, model: str, version: int, report: Drif
 
 
 @hookspec
+def loom_canary_judged(project: Project, model: str, version: int, previous: int, verdict: dict[str, Any]) -> None:
+    """Called when the retrain loop has judged a canary, after it was promoted or rolled back.
+
+    :param project: the loaded project.
+    :param model: model name.
+    :param version: the judged (candidate) version.
+    :param previous: the version it was compared with.
+    :param verdict: the decision and its evidence (:meth:`runtime.judge.Verdict.to_dict`): ``decision``
+        (``promote``/``rollback``), ``metric``, ``candidate``, ``current``, ``n``, ``difference``, ``ci``,
+        ``p_value``, ``confidence``, ``test``, ``reason``.
+
+    Called by the process that runs the loop (``loom loop``). A failing implementation is logged, naming the plugin;
+    the decision stands.
+
+    Since 0.2.0.
+    """
+
+
+@hookspec
 def loom_on_error(project: Project, stage: str, error: BaseException) -> None:
     """Called when a stage fails, before the error reaches the user. Must not raise.
 

@@ -2,9 +2,11 @@
 
 On a drifted check of the served model (or a ``loom_drift_detected`` plugin asking for a retrain), it retrains on
 fresh data with Ray Train, registers the new version with tags linking it to the drift report, deploys it as a
-canary, and once enough served rows carry ground-truth labels (``POST /feedback/{model}``) scores the current and
-the new version on the same recent labelled rows with the drift monitor's ``performance`` (Evidently): the new
-version is promoted if it wins by ``min_improvement``, else rolled back. Every step is logged and written to the
+canary, and once enough served rows carry ground-truth labels (``POST /feedback/{model}``) has both versions
+predict the same recent labelled rows and judges them with a paired test (:mod:`runtime.judge`: McNemar's exact
+test, or a bootstrap of the RMSE gap): the new version is promoted only if it is better by ``min_improvement``
+with ``retrain.confidence``, else rolled back; the verdict and its evidence go to the version's tags and the
+``loom_canary_judged`` hook. Every step is logged and written to the
 version's tags (``loom models show``).
 
 It runs on the driver, not in a Serve replica: training needs Ray Train workers and minutes of CPU, which must not
@@ -27,7 +29,7 @@ import pandas as pd
 from .config import Project
 from .errors import LoomError
 from .files import write_atomic
-from .monitoring import QualityMonitor
+from .judge import Verdict, judge_classification, judge_regression
 
 log = logging.getLogger("loom.loop")
 
@@ -130,24 +132,54 @@ class RetrainLoop:
             log.info("loop %s v%d: %d of %d labelled rows to judge the canary", self.model, new, len(labelled),
                      self.cfg.min_labelled)
             return None
-        scores = {v: self.score(v, labelled) for v in (old, new)}
-        # The task's metric: accuracy (higher is better), or RMSE for regression (lower is better).
-        metric = "rmse" if "rmse" in scores[new] else "accuracy"
-        if metric == "rmse":
-            won = scores[new]["rmse"] <= scores[old]["rmse"] - self.cfg.min_improvement
-        else:
-            won = scores[new]["accuracy"] >= scores[old]["accuracy"] + self.cfg.min_improvement
-        tags = {metric: round(scores[new][metric], 4), f"{metric}_previous": round(scores[old][metric], 4),
-                "judged_rows": len(labelled)}
+        verdict = self.verdict(old, new, labelled)
+        won = verdict.promoted
+        metric = verdict.metric
+        tags = {metric: round(verdict.candidate, 4), f"{metric}_previous": round(verdict.current, 4),
+                "judged_rows": verdict.n, "judge.test": verdict.test, "judge.p_value": f"{verdict.p_value:.3g}",
+                "judge.ci": f"[{verdict.ci[0]:.4g}, {verdict.ci[1]:.4g}]", "judge.confidence": verdict.confidence,
+                "judge.reason": verdict.reason}
         if won:
             promote(self.project, self.model)
             self._log(new, "promoted", **tags)
         else:
             rollback(self.project, self.model)
             self._log(new, "rolled-back", **tags)
+        try:
+            self.pipe.plugins.call("loom_canary_judged", project=self.project, model=self.model, version=new,
+                                   previous=old, verdict=verdict.to_dict())
+        except LoomError as err:  # a plugin's failure, named; the decision stands
+            log.error("%s", err)
         self._save({"phase": "idle", "last": new, "outcome": "promoted" if won else "rolled-back",
-                    "finished_at": time.time()})
+                    "verdict": verdict.to_dict(), "finished_at": time.time()})
         return f"{'promoted' if won else 'rolled back'} v{new}"
+
+    def verdict(self, old: int, new: int, labelled: pd.DataFrame) -> Verdict:
+        """Both versions predict the same labelled rows; a paired test (:mod:`runtime.judge`) decides."""
+        current, candidate = (self.predict(v, labelled) for v in (old, new))
+        cfg = self.cfg
+        if self._regression(new):
+            truth = pd.to_numeric(labelled["label"]).to_numpy()
+            return judge_regression(truth, current, candidate, confidence=cfg.confidence,
+                                    min_improvement=cfg.min_improvement)
+        truth = labelled["label"].astype(str).to_numpy()
+        return judge_classification(truth, [str(p) for p in current], [str(p) for p in candidate],
+                                    confidence=cfg.confidence, min_improvement=cfg.min_improvement)
+
+    def _regression(self, version: int) -> bool:
+        from .model import ModelBundle
+
+        bundle = ModelBundle.from_registry(self.pipe.registry, self.model, version)
+        assert bundle.task is not None
+        return bundle.task.name == "regression"
+
+    def predict(self, version: int, labelled: pd.DataFrame) -> list[Any]:
+        """``version``'s predictions of the labelled rows."""
+        from .model import ModelBundle, Predictor
+
+        bundle = ModelBundle.from_registry(self.pipe.registry, self.model, version)
+        predicted, _ = Predictor(bundle).predict(labelled[list(bundle.inputs)])
+        return list(predicted)
 
     def labelled(self) -> pd.DataFrame:
         """The most recent served rows (any version) with a ground-truth label, at most ``monitoring.window``."""
@@ -159,24 +191,6 @@ class RetrainLoop:
             return rows.iloc[0:0].assign(label=[])
         out = rows.merge(labels, on=["request_id", "row"], how="inner")
         return out.tail(self.project.config.monitoring.window).reset_index(drop=True)
-
-    def score(self, version: int, labelled: pd.DataFrame) -> dict[str, Any]:
-        """Performance of ``version`` on ``labelled`` rows, from the drift monitor (Evidently by default)."""
-        from .model import ModelBundle, Predictor
-
-        bundle = ModelBundle.from_registry(self.pipe.registry, self.model, version)
-        predicted, _ = Predictor(bundle).predict(labelled[list(bundle.inputs)])
-        mon = self.project.config.monitoring
-        monitor = self.pipe.plugins.drift_monitor(mon.monitor, options=mon.options)
-        if not isinstance(monitor, QualityMonitor):
-            raise LoomError(f"drift monitor {mon.monitor!r} measures no performance; the loop needs one that does "
-                            "(the built-in 'evidently')")
-        assert bundle.task is not None
-        if bundle.task.name == "regression":
-            frame = pd.DataFrame({"label": pd.to_numeric(labelled["label"]), "prediction": predicted})
-            return monitor.performance(frame, target="label", prediction="prediction", classes=[], task="regression")
-        frame = pd.DataFrame({"label": labelled["label"].astype(str), "prediction": [str(p) for p in predicted]})
-        return monitor.performance(frame, target="label", prediction="prediction", classes=bundle.classes)
 
     def _save_report(self, version: int, report: dict[str, Any]) -> Path:
         path = self.root / "loop" / f"{self.model}-v{version}-drift-{report['id']}.json"

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,11 @@ class Recorder:
     @hookimpl
     def loom_model_deployed(self, model, version, url):
         self.calls.append(("loom_model_deployed", {"model": model, "version": version, "url": url}))
+
+    @hookimpl
+    def loom_canary_judged(self, model, version, previous, verdict):
+        self.calls.append(("loom_canary_judged", {"model": model, "version": version, "previous": previous,
+                                                  "verdict": verdict}))
 
     @hookimpl
     def loom_on_error(self, stage, error):
@@ -409,3 +415,45 @@ def test_loom_drift_detected_runs_in_the_replica_only_on_drift(deployed, generat
     assert report["drifted"]
     assert drift_events(pipe) == [{"model": "churn", "version": result.version.version, "monitor": "mean-shift",
                                    "n_current": 200, "drifted": ["support_calls"]}]
+
+
+@pytest.mark.slow
+def test_loom_canary_judged_gets_the_verdict_of_a_real_canary(deployed, generated):
+    """A second version serves as a 50% canary, its traffic is labelled, and the loop judges it: the hook gets the
+    decision with its evidence, and serving, the tags and the decision agree."""
+    from runtime.retrain_loop import RetrainLoop
+    from runtime.serving import current_table, deploy
+    from serving_models import register_version
+
+    pipe, result, recorder, client = deployed
+    old = result.version.version
+    new = register_version(pipe.project.root, seed=5, alias=None)
+    deploy(pipe.project, "churn", new, canary=50)
+    rows = pd.read_csv(generated / "data" / "customers.csv").iloc[600:900]
+    labels = []
+    for start in range(0, len(rows), 50):
+        part = rows.iloc[start:start + 50]
+        r = client.post("/predict/churn", content=part[FEATURES].to_json(orient="records"),
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        labels.append({"id": r.headers["x-loom-request-id"], "label": part["churned"].tolist()})
+    assert client.post("/feedback/churn", json={"labels": labels}).status_code == 200
+    loop = RetrainLoop(pipe.project, plugins=pipe.plugins)
+    judged = min(len(rows), pipe.project.config.monitoring.window)  # the most recent labelled rows, one window
+    deadline = time.monotonic() + 30
+    while len(loop.labelled()) < judged and time.monotonic() < deadline:
+        time.sleep(0.5)  # the replica's store flushes every flush_interval_s
+    outcome = loop.judge({"phase": "canary", "version": new, "previous": old})
+
+    [call] = recorder.seen("loom_canary_judged")
+    verdict = call["verdict"]
+    assert (call["model"], call["version"], call["previous"]) == ("churn", new, old)
+    assert verdict["n"] == judged and verdict["test"] == "mcnemar-exact" and 0 <= verdict["p_value"] <= 1
+    assert verdict["ci"][0] <= verdict["difference"] <= verdict["ci"][1]
+    promoted = verdict["decision"] == "promote"
+    assert outcome == f"{'promoted' if promoted else 'rolled back'} v{new}"
+    routes = current_table(pipe.project).models["churn"]
+    assert routes.canary is None and routes.primary == (new if promoted else old)
+    tags = pipe.registry.get_version("churn", new).tags
+    assert tags["loom.loop"] == ("promoted" if promoted else "rolled-back")
+    assert float(tags["loom.judge.p_value"]) == pytest.approx(verdict["p_value"], rel=1e-2)

@@ -20,7 +20,8 @@ PACKAGE = ROOT / "runtime"
 #: Module (or package prefix) -> layer. The longest matching prefix wins.
 LAYERS = {
     "runtime._version": 0, "runtime.errors": 0, "runtime.names": 0, "runtime.artifacts": 0,
-    "runtime.secrets": 0, "runtime.storage_checks": 0, "runtime.files": 0,
+    "runtime.secrets": 0, "runtime.storage_checks": 0, "runtime.files": 0, "runtime.filesystems": 0,
+    "runtime.judge": 0,
     "runtime.config": 1, "runtime.data": 1, "runtime.features": 1, "runtime.registry": 1, "runtime.tracking": 1,
     "runtime.monitoring": 1, "runtime.hookspecs": 1, "runtime.plugins": 1, "runtime": 1,
     "runtime.tasks": 1,

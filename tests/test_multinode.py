@@ -107,8 +107,9 @@ def two_nodes(tmp_path_factory, s3_server, postgres_url):
                                           stderr=subprocess.STDOUT))
             _wait(lambda: len([n for n in list_nodes(address=dashboard) if n.state == "ALIVE"]) == 2, 180,
                   "two nodes")
+        # one Serve HTTP port for the cluster: Serve keeps the port it started on for every later application
         yield {"dashboard": dashboard, "gcs": f"127.0.0.1:{gcs}", "env": env, "head": nodes[0], "worker": nodes[1],
-               "db": db}
+               "db": db, "port": free_port()}
     finally:  # also when setup fails: never leave a cluster running behind the test session
         for proc in reversed(nodes):
             proc.terminate()
@@ -138,7 +139,7 @@ def test_two_nodes_share_state_through_storage_and_one_monitor_sees_every_replic
     bucket = s3_server.bucket("loom-two-nodes")
     for k, v in {**s3_server.env(), "LOOM_TEST_DB": two_nodes["db"]}.items():
         monkeypatch.setenv(k, v)
-    port = free_port()
+    port = two_nodes["port"]
     project = make_project(tmp_path / "project", port=port,
                            serving={"replicas": 2, "replica_cpus": 0.5, "max_replicas_per_node": 1,
                                     "proxy_location": "HeadOnly", "route_prefix": "/shared"},
@@ -182,7 +183,7 @@ def test_two_nodes_share_state_through_storage_and_one_monitor_sees_every_replic
 
 
 def test_life_cycle_on_two_nodes_survives_losing_one(two_nodes, tmp_path):
-    port = free_port()
+    port = two_nodes["port"]
     project = make_project(tmp_path / "project", port=port, training={"epochs": 3},
                            serving={"replicas": 2, "replica_cpus": 1, "proxy_location": "HeadOnly"})
     state = tmp_path / "state"

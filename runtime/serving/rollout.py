@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from importlib import resources
@@ -130,6 +131,29 @@ def _quiet_serve_logs() -> None:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
+_handle_loop: Any = None
+_handle_loop_lock = threading.Lock()
+
+
+def _ask_ingress(app: str, method: str, timeout_s: float) -> Any:
+    """Call a method of ``app``'s ingress through a Serve handle, on an event loop of this module's own (a daemon
+    thread): with Loom's ingress settings in this process's environment (``RAY_SERVE_THROUGHPUT_OPTIMIZED``, read
+    when Serve is first imported) a handle runs its router on the loop of its first call, so a blocking
+    ``.result()`` outside a loop fails, and a loop that closes (``asyncio.run``) breaks the cached handle."""
+    import asyncio
+
+    global _handle_loop
+    with _handle_loop_lock:
+        if _handle_loop is None:
+            _handle_loop = asyncio.new_event_loop()
+            threading.Thread(target=_handle_loop.run_forever, name="loom-serve-handles", daemon=True).start()
+
+    async def ask() -> Any:
+        return await getattr(serve.get_app_handle(app), method).remote()
+
+    return asyncio.run_coroutine_threadsafe(ask(), _handle_loop).result(timeout=timeout_s)
+
+
 def current_table(project: Project) -> RoutingTable:
     """The routing table the project's running application serves: empty when the application is not running;
     any other failure to read it is a :class:`LoomError` (a step from an empty table would unload every standby
@@ -142,7 +166,7 @@ def current_table(project: Project) -> RoutingTable:
     if name not in apps:
         return RoutingTable()
     try:
-        return RoutingTable.from_config(serve.get_app_handle(name).routes.remote().result(timeout_s=60))
+        return RoutingTable.from_config(_ask_ingress(name, "routes", 60))
     except Exception as err:  # noqa: BLE001 - in Loom's words, never an empty table
         state = getattr(apps[name], "status", "unknown")
         raise LoomError(f"cannot read the routing table of the running application {name!r} (status {state}): "
