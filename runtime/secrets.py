@@ -61,14 +61,36 @@ def interpolate(data: Any, environ: Mapping[str, str] | None = None, *, where: s
     return _VAR.sub(sub, data)
 
 
-def redact(text: Any) -> str:
-    """``text`` as a string with URI passwords and credential query parameters replaced by ``***``."""
+def _secrets_of(url: str) -> set[str]:
+    """The password of ``url`` (user info or ``?password=``), as written and percent-decoded."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    found: set[str] = set()
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            found |= {parts.password, unquote(parts.password)}
+        for value in parse_qs(parts.query).get("password", []):
+            found |= {value, unquote(value)}
+    except ValueError:  # an unparseable URL: the patterns below still mask what looks like user info
+        pass
+    return {s for s in found if s}
+
+
+def redact(text: Any, *, url: str | None = None) -> str:
+    """``text`` as a string with URI passwords and credential query parameters replaced by ``***``. With ``url``
+    (the URL ``text`` is about, e.g. a database driver's message), that URL's password is also masked wherever it
+    appears in any spelling: drivers quote pieces of a connection string they cannot parse (libpq's ``invalid
+    percent-encoded token: "<password>"``), which the ``user:password@`` pattern alone would not catch."""
     s = str(text)
     if "@" in s:
         s = _USERINFO.sub(lambda m: m.group("pre") + MASK, s)
     if "=" in s:
         s = _QUERY.sub(lambda m: m.group("pre") + (MASK if m.group("name").lower() in SECRET_PARAMS and m.group("value")
                                                    else m.group("value")), s)
+    if url:
+        for secret in sorted(_secrets_of(url), key=len, reverse=True):
+            s = s.replace(secret, MASK)
     return s
 
 

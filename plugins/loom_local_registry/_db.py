@@ -38,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
 
 from runtime import ConfigError, LoomError, redact
 
@@ -245,31 +245,12 @@ POOL_IDLE = 8
 #: Seconds to wait for a PostgreSQL server to answer one connection attempt (libpq's ``connect_timeout``, per
 #: address) unless the URL's ``?connect_timeout=`` or ``PGCONNECT_TIMEOUT`` says otherwise.
 CONNECT_TIMEOUT_S = 5
-_MASK = "***"
-
-
-def _secrets_of(url: str) -> set[str]:
-    """The password of ``url`` (user info or ``?password=``), as written and percent-decoded."""
-    found: set[str] = set()
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            found |= {parts.password, unquote(parts.password)}
-        for value in parse_qs(parts.query).get("password", []):
-            found |= {value, unquote(value)}
-    except ValueError:  # an unparseable URL: redact() below still masks what looks like user info
-        pass
-    return {s for s in found if s}
 
 
 def scrub(text: object, url: str) -> str:
-    """``text`` (a message about ``url``, perhaps the driver's own) on one line, without the URL's password in any
-    spelling: libpq quotes pieces of a connection string it cannot parse (``invalid percent-encoded token:
-    "<password>"``), which :func:`runtime.redact` alone, looking for ``user:password@``, would not catch."""
-    shown = redact(text)
-    for secret in sorted(_secrets_of(url), key=len, reverse=True):
-        shown = shown.replace(secret, _MASK)
-    return " ".join(shown.split())
+    """``text`` (a message about ``url``, perhaps the driver's own) on one line, redacted, ``url``'s password
+    masked in any spelling (:func:`runtime.redact` with ``url``)."""
+    return " ".join(redact(text, url=url).split())
 
 
 class PostgresDatabase(_Database):
