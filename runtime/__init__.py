@@ -55,6 +55,8 @@ _LAZY = {
     "connect": "runtime.cluster",
     "TrainingStep": "runtime.steps",
     "StepContext": "runtime.steps",
+    "read_captured": "runtime.serving.capture",
+    "read_feedback": "runtime.serving.capture",
 }
 
 
@@ -123,6 +125,8 @@ __all__ = [
     "open_location",
     "parse_config",
     "parse_ref",
+    "read_captured",
+    "read_feedback",
     "redact",
     "redact_data",
     "require_reachable",

@@ -65,6 +65,54 @@ def test_malformed_tables_are_refused():
         RoutingTable.from_config({"models": {"../etc": {"primary": 1}}})
 
 
+def test_shadow_is_loaded_beside_the_primary_and_takes_no_traffic():
+    t = RoutingTable().deploy("churn", 1).deploy("churn", 2).shadow("churn", 3)
+    r = t.routes("churn")
+    assert (r.primary, r.shadow, r.standby, r.traffic, r.live) == (2, 3, (1,), {2: 100}, (1, 2, 3))
+    assert {r.pick() for _ in range(200)} == {2}
+    again = RoutingTable.from_config(t.to_config())
+    assert again == t and again.to_config()["models"]["churn"]["shadow"] == 3
+    assert RoutingTable.from_config({"models": {"churn": {"primary": 1}}}).routes("churn").shadow is None
+    moved = t.shadow("churn", 1)  # a standby version becomes the shadow: off standby
+    assert (moved.routes("churn").shadow, moved.routes("churn").standby) == (1, ())
+    assert t.unshadow("churn").routes("churn").live == (1, 2)
+    assert t.scale_to_zero("churn", 3).routes("churn").shadow is None
+    assert t.deploy("churn", 4).routes("churn").shadow is None  # a new primary drops the shadow
+    assert t.with_aliases("churn", {"candidate": 3}).routes("churn").aliases == {"candidate": 3}
+
+
+def test_the_shadow_becomes_the_canary_and_promote_and_rollback_clear_it():
+    t = RoutingTable().deploy("churn", 1).shadow("churn", 2)
+    canary = t.deploy("churn", 2, canary=20)
+    r = canary.routes("churn")
+    assert (r.primary, r.canary, r.canary_percent, r.shadow) == (1, 2, 20, None)
+    promoted, version = canary.promote("churn")
+    assert version == 2 and promoted.routes("churn").shadow is None
+    back, version = t.deploy("churn", 3).shadow("churn", 4).rollback("churn")
+    assert version == 1 and back.routes("churn").shadow is None and back.routes("churn").live == (1, 3)
+
+
+@pytest.mark.parametrize("step, message", [
+    (lambda t: t.shadow("churn", 1), "is the primary; nothing to shadow"),
+    (lambda t: t.shadow("other", 2), "not being served"),
+    (lambda t: t.deploy("churn", 2, canary=10).shadow("churn", 3), "has a canary running"),
+    (lambda t: t.deploy("churn", 2, canary=10).shadow("churn", 2), "has a canary running"),
+    (lambda t: t.shadow("churn", 2).deploy("churn", 3, canary=10), "has a shadow running"),
+    (lambda t: t.unshadow("churn"), "no shadow running"),
+])
+def test_impossible_shadow_steps_are_refused(step, message):
+    with pytest.raises(LoomError, match=message):
+        step(RoutingTable().deploy("churn", 1))
+
+
+def test_a_shadow_cannot_be_the_primary_or_run_with_a_canary():
+    with pytest.raises(LoomError, match="both the primary and the shadow"):
+        ModelRoutes(primary=1, shadow=1)
+    with pytest.raises(LoomError, match="cannot run at once"):
+        RoutingTable.from_config({"models": {"churn": {"primary": 1, "canary": 2, "canary_percent": 10,
+                                                       "shadow": 3}}})
+
+
 def test_canary_share_is_respected():
     random.seed(0)
     routes = ModelRoutes(primary=1, canary=2, canary_percent=20)

@@ -4,8 +4,9 @@
 This is serving's public face; everything outside ``runtime/serving/`` imports from here, never a submodule's
 private names. Rollouts need Ray, so they load lazily: ``import runtime.serving`` stays cheap.
 
-- rollouts (:mod:`.rollout`): :func:`deploy`, :func:`set_canary`, :func:`promote`, :func:`rollback`,
-  :func:`scale_to_zero`, :func:`shutdown`, :func:`current_table`, :func:`app_name`;
+- rollouts (:mod:`.rollout`): :func:`deploy`, :func:`set_canary`, :func:`shadow`, :func:`unshadow`,
+  :func:`promote`, :func:`rollback`, :func:`scale_to_zero`, :func:`shutdown`, :func:`current_table`,
+  :func:`app_name`;
 - routes (:mod:`.routing`): :class:`RoutingTable`, :class:`ModelRoutes`;
 - the served app over HTTP (:mod:`.client`): :class:`ServingClient`, :func:`url_of`, :func:`serving_token`;
 - captured traffic (:mod:`.capture`): :func:`read_captured`, :func:`read_feedback`.
@@ -22,6 +23,8 @@ from .routing import ModelRoutes, RoutingTable
 _LAZY = {
     "deploy": ".rollout",
     "set_canary": ".rollout",
+    "shadow": ".rollout",
+    "unshadow": ".rollout",
     "promote": ".rollout",
     "rollback": ".rollout",
     "scale_to_zero": ".rollout",
@@ -40,5 +43,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["ModelRoutes", "RoutingTable", "ServingClient", "app_name", "current_table", "deploy", "promote",
-           "read_captured", "read_feedback", "rollback", "scale_to_zero", "serving_token", "set_canary", "shutdown",
-           "url_of"]
+           "read_captured", "read_feedback", "rollback", "scale_to_zero", "serving_token", "set_canary", "shadow",
+           "shutdown", "unshadow", "url_of"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -92,10 +93,12 @@ class _Call:
     back in ``X-Loom-Request-ID``, what feedback names) and the client's own id (``X-Request-ID``, else an Open
     Inference Protocol ``id``), kept beside it."""
 
-    __slots__ = ("target", "request_id", "client_id")
+    __slots__ = ("target", "request_id", "client_id", "shadow")
 
     def __init__(self, supplied: bytes | None):
         self.target: LoadedVersion | None = None
+        #: A request that named no version: its columns and the predictions, for the model's shadow version.
+        self.shadow: tuple[Any, list[Any]] | None = None
         self.request_id = new_request_id()
         self.client_id = _client_id(supplied.decode("latin-1")) if supplied else ""
 
@@ -280,6 +283,8 @@ class LoomApp:
             lv = call.target
             self.server.metrics.observe(lv.name if lv else "", lv.label if lv else "", protocol, status,
                                         time.perf_counter() - started)
+            if call.shadow is not None and status == 200 and lv is not None:  # answered: now the shadow's turn
+                self.server.shadow(lv, *call.shadow, call.request_id, call.client_id)
 
     async def _body(self, receive: Receive) -> bytes:
         chunks, size = [], 0
@@ -314,6 +319,8 @@ class LoomApp:
         req = oip.decode_infer(body, header_length.decode("latin-1") if header_length is not None else None,
                                lv.schema, oip.REGRESSION_OUTPUTS if lv.regression else oip.OUTPUTS, self.limits)
         pred = await lv.predict(req.columns, call.request_id, call.client(req.id))
+        if version is None and "@" not in name:
+            call.shadow = (req.columns, pred.labels)
         out, content = oip.encode_infer(lv.name, lv.version, pred.labels, lv.label_type, pred.proba, req)
         return 200, out, [(k.encode(), v.encode()) for k, v in content.items()]
 
@@ -323,6 +330,8 @@ class LoomApp:
         req = decode_predict(body, lv.schema, self.server.join_keys, self.limits)
         cols = req.columns if req.columns is not None else await self.server.entity_columns(lv, req.entities or {})
         pred = await lv.predict(cols, call.request_id, call.client_id)
+        if "@" not in name:
+            call.shadow = (cols, pred.labels)
         if pred.proba is None:  # regression: values
             return 200, _dumps({"model": lv.name, "version": lv.version, "predictions": pred.labels}), _JSON
         return 200, _dumps({"model": lv.name, "version": lv.version, "predictions": pred.labels,
@@ -334,6 +343,8 @@ class LoomApp:
         content_type = headers.get(b"content-type")
         cols = decode_mlflow(body, content_type.decode("latin-1") if content_type else None, lv.schema, self.limits)
         pred = await lv.predict(cols, call.request_id, call.client_id)
+        if "@" not in name:
+            call.shadow = (cols, pred.labels)
         return 200, _dumps({"predictions": pred.labels}), _JSON
 
 
@@ -488,8 +499,26 @@ def _operations_routes(api: FastAPI, server: ModelServer, checks: Any) -> None:
         return Response(text, media_type=server.metrics.content_type)
 
 
+#: The longest window ``/monitoring/{model}/traffic`` answers (what the monitor keeps of each replica's counts).
+MAX_TRAFFIC_WINDOW_S = 900
+
+
+def traffic_window(value: str | None) -> float:
+    """The ``window_s`` of a traffic request: seconds, 1 to :data:`MAX_TRAFFIC_WINDOW_S` (default 60)."""
+    if value is None:
+        return 60.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 1 <= seconds <= MAX_TRAFFIC_WINDOW_S:  # NaN too
+        raise RequestError(400, f"window_s must be a number of seconds from 1 to {MAX_TRAFFIC_WINDOW_S}, "
+                                f"not {value[:40]!r}")
+    return seconds
+
+
 def _monitoring_routes(api: FastAPI, checks: Any) -> None:
-    """Drift checks, the monitor's HTML report, check history and feedback labels."""
+    """Drift checks, the monitor's HTML report, check history, live traffic and feedback labels."""
 
     @api.get("/monitoring/{name}/drift", tags=["operations"],
              summary="Drift of captured traffic against the training reference")
@@ -508,6 +537,17 @@ def _monitoring_routes(api: FastAPI, checks: Any) -> None:
              summary="Summaries of past drift checks, oldest first")
     async def drift_history(name: str, limit: int | None = None) -> list[dict[str, Any]]:
         return checks.history(name, limit)
+
+    @api.get("/monitoring/{name}/traffic", tags=["operations"],
+             summary="Requests, errors, rate and latency per version over the last window_s seconds (every "
+                     "replica's, with a deployment monitor), and the shadow version's agreement with the primary")
+    async def traffic(name: str, window_s: str | None = None) -> dict[str, Any]:
+        checks.server.routes(name)
+        seconds = traffic_window(window_s)
+        deployment = getattr(checks, "traffic", None)  # the deployment monitor's view, else this replica's own
+        if deployment is not None:
+            return await run_in_threadpool(deployment, name, seconds)
+        return checks.server.traffic(name, seconds)
 
     @api.post("/feedback/{name}", tags=["operations"],
               summary='Ground-truth labels for served request ids: {"labels": [{"id": ..., "label": ...}]}')

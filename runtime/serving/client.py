@@ -1,4 +1,5 @@
-"""The one HTTP client of a served Loom application: drift checks and reports, check history, routes and feedback.
+"""The one HTTP client of a served Loom application: drift checks and reports, check history, live traffic, routes
+and feedback.
 
 ``loom monitor``, the retrain loop, rollouts and the Python API all go through :class:`ServingClient`, so every
 caller sends the project's operator token (:func:`operator_token`) and turns every failure, including an HTML error
@@ -128,6 +129,15 @@ class ServingClient:
         if not isinstance(history, list):
             raise LoomError(f"{self.url}/monitoring/{model}/history answered no list of checks; is this a Loom server?")
         return history
+
+    def traffic(self, model: str, window_s: float = 60) -> dict[str, Any]:
+        """``model``'s requests, errors, rate and latency per version over the last ``window_s`` seconds, across
+        replicas, and its shadow version's agreement with the primary (``GET /monitoring/{model}/traffic``)."""
+        answer = self._json("GET", f"/monitoring/{_segment(model)}/traffic", query={"window_s": window_s})
+        if not isinstance(answer, dict) or "versions" not in answer:
+            raise LoomError(f"{self.url}/monitoring/{model}/traffic answered no traffic summary; is this a Loom "
+                            "server?")
+        return answer
 
     def feedback(self, model: str, labels: list[dict[str, Any]]) -> dict[str, Any]:
         """Send ground-truth labels for served request ids: ``[{"id": ..., "label": ...}, ...]``."""

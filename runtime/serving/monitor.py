@@ -8,8 +8,13 @@ it dies. The monitor keeps the windows (sized in rows, as in a replica) and runs
 checked and stored by the replica that receives it, and handed to the monitor. A restarted monitor rebuilds its
 windows and labels from the capture store.
 
+Each flush also carries the replica's cumulative request counts, latency histogram and shadow comparison
+(:meth:`~runtime.serving.metrics.ServingMetrics.snapshot`): the monitor keeps them for a quarter of an hour and
+answers ``/monitoring/{model}/traffic`` for the whole deployment (:meth:`DeploymentMonitor.traffic`).
+
 Nothing on the request path talks to the monitor: samples travel on the capture store's flush thread, in one call
-per flush. Without a capture store (``monitoring.store: null``), or outside Ray Serve, checks stay per replica.
+per flush. Without a capture store (``monitoring.store: null``), without a drift monitor (``monitoring.monitor:
+null``) or outside Ray Serve, checks and traffic stay per replica.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from ..config import Project, load_project
 from ..plugins import get_plugins
 from .capture import read_captured, read_feedback
 from .drift import DriftChecks
-from .metrics import RayExport
+from .metrics import RayExport, TrafficStats
 from .protocol import RequestError
 from .routing import RoutingTable
 from .server import ModelServer
@@ -63,6 +68,10 @@ class DeploymentMonitor:
         self._seeded: set[tuple[str, int]] = set()
         self._seed_ids: dict[tuple[str, int], set[str]] = {}
         self._labels_seeded: set[str] = set()
+        #: Every replica's counts, as their flushes bring them.
+        self.stats = TrafficStats()
+        #: When each model's current shadow started, on this clock (when this monitor first saw it).
+        self._shadow_since: dict[str, tuple[int, float]] = {}
 
     # -- what the replicas send ------------------------------------------------------------------------------
 
@@ -81,11 +90,15 @@ class DeploymentMonitor:
             self.rows += sample[6]
         return self.rows
 
-    def ingest_tables(self, table: dict[str, Any] | None, parts: list[tuple[str, int, Any]]) -> int:
+    def ingest_tables(self, table: dict[str, Any] | None, parts: list[tuple[str, int, Any]],
+                      stats: dict[str, Any] | None = None) -> int:
         """A replica's flush as it wrote it to the store: ``(model, version, Arrow table)`` per version, with the
-        routing table it serves (the newest generation wins)."""
+        routing table it serves (the newest generation wins) and its counts (``stats``: a
+        :meth:`~runtime.serving.metrics.ServingMetrics.snapshot`)."""
         if table is not None and table.get("generation", -1) > self.generation:
             self._adopt(RoutingTable.from_config(table))
+        if stats is not None:
+            self.stats.add(stats, at=time.time())
         loaded = self.server.loaded
         for model, version, data in parts:
             key = (model, int(version))
@@ -103,6 +116,13 @@ class DeploymentMonitor:
     def _adopt(self, table: RoutingTable) -> None:
         self.server.apply(table)
         self.generation = table.generation
+        for name in set(self._shadow_since) - set(table.models):
+            del self._shadow_since[name]
+        for name, routes in table.models.items():
+            if routes.shadow is None:
+                self._shadow_since.pop(name, None)
+            elif self._shadow_since.get(name, (None,))[0] != routes.shadow:
+                self._shadow_since[name] = (routes.shadow, time.time())
         capture_uri = self.server.project.capture_uri
         window = self.server.project.config.monitoring.window
         for key, lv in self.server.loaded.items():
@@ -156,6 +176,15 @@ class DeploymentMonitor:
         except RequestError as err:
             return "error", err.status, err.message
 
+    def traffic(self, model: str, window_s: float = 60.0) -> dict[str, Any]:
+        """``model``'s traffic over the last ``window_s`` seconds, every replica together (see
+        :meth:`~runtime.serving.metrics.TrafficStats.traffic`): requests, errors, rate and latency per version,
+        and the shadow's comparison with the primary since the shadow started."""
+        routes = self.server.table.models.get(model)
+        shadow, since = self._shadow_since.get(model, (None, 0.0)) if routes is not None else (None, 0.0)
+        return self.stats.traffic(model, window_s, live=tuple(routes.traffic) if routes is not None else (),
+                                  shadow=shadow, shadow_since=since)
+
     def metrics(self) -> bytes:
         """The deployment-level drift gauges, in Prometheus text format."""
         return generate_latest(self.registry)
@@ -197,16 +226,22 @@ class RemoteChecks:
         server.store.forward_tables = self._forward  # type: ignore[union-attr]
 
     def _forward(self, tables: dict[tuple[str, int], Any]) -> None:
+        # on the flush thread: the counts go with the rows, in the same call
         self.handle.ingest_tables.remote(self.server.table.to_config(),
-                                         [(m, v, t) for (m, v), t in tables.items()])
+                                         [(m, v, t) for (m, v), t in tables.items()], self.server.metrics.snapshot())
 
-    def _ask(self, method: str, *args: Any) -> Any:
+    def _ask(self, method: str, *args: Any, direct: bool = False) -> Any:
+        """``method`` of the deployment's checks (``direct``: of the monitor itself, whose answer is returned as
+        it is)."""
         self.server.store.flush()  # type: ignore[union-attr]  # this replica's latest rows go first
         try:
-            answer = ray.get(self.handle.call.remote(method, *args), timeout=CALL_TIMEOUT_S)
+            call = getattr(self.handle, method).remote(*args) if direct else self.handle.call.remote(method, *args)
+            answer = ray.get(call, timeout=CALL_TIMEOUT_S)
         except Exception as err:  # noqa: BLE001 - the monitor is down or restarting: say so
             raise RequestError(503, f"the deployment's monitor is unavailable ({type(err).__name__}); "
                                     "retry shortly") from None
+        if direct:
+            return answer
         if answer[0] == "error":
             raise RequestError(answer[1], answer[2])
         return answer[1]
@@ -222,6 +257,11 @@ class RemoteChecks:
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         self.server.routes(name)
         return self._ask("history", name, limit)
+
+    def traffic(self, name: str, window_s: float = 60.0) -> dict[str, Any]:
+        """The deployment's traffic of ``name`` (this replica's latest counts sent first)."""
+        self.server.routes(name)
+        return self._ask("traffic", name, window_s, direct=True)
 
     def feedback(self, model: str, payload: Any) -> dict[str, Any]:
         rows = self.local.parse_feedback(model, payload)  # checked and stored here

@@ -1,4 +1,4 @@
-"""Putting models on Ray Serve, and rolling versions out: deploy, canary, promote, rollback, scale to zero.
+"""Putting models on Ray Serve, and rolling versions out: deploy, canary, shadow, promote, rollback, scale to zero.
 
 A project is one Serve application holding one ingress deployment; every replica holds every live model version
 in-process (no hop between deployments at request time). The routing table (:mod:`.routing`) is the
@@ -360,6 +360,28 @@ def set_canary(project: Project, model: str, percent: int, *, expect_generation:
     action = f"setting the canary share of {model}"
     before = _read(project, expect_generation, action)
     return _apply(project, before.set_canary_percent(model, percent), expect=before.generation, action=action,
+                  timeout_s=timeout_s)
+
+
+def shadow(project: Project, model: str, ref: int | str, *, expect_generation: int | None = None,
+           timeout_s: float = 180) -> str:
+    """Load version ``ref`` of ``model`` as the shadow of its primary: it scores every request the primary
+    answers (to a route that names no version), off the request's path, and answers none; its agreement with the
+    primary shows in ``/monitoring/{model}/traffic``. Refused while a canary runs."""
+    version = _check_version(project, model, ref)
+    action = f"shadowing {model} v{version}"
+    before = _read(project, expect_generation, action)
+    table = before.shadow(model, version)
+    return _apply(project, _with_registry_aliases(project, table, model), expect=before.generation, action=action,
+                  timeout_s=timeout_s)
+
+
+def unshadow(project: Project, model: str, *, expect_generation: int | None = None, timeout_s: float = 180) -> str:
+    """Stop the shadow of ``model`` (its version is unloaded)."""
+    action = f"stopping the shadow of {model}"
+    before = _read(project, expect_generation, action)
+    table = before.unshadow(model)
+    return _apply(project, _with_registry_aliases(project, table, model), expect=before.generation, action=action,
                   timeout_s=timeout_s)
 
 

@@ -1,5 +1,5 @@
 """Which model versions are live and how traffic reaches them: the routing table, and the rollout steps that change
-it (deploy, canary, promote, rollback, scale to zero).
+it (deploy, canary, shadow, promote, rollback, scale to zero).
 
 The table travels as the ingress deployment's Ray Serve ``user_config``: changing it calls ``reconfigure()`` on the
 running replicas, which load new versions before switching and keep old ones until the switch is done, so a
@@ -9,8 +9,12 @@ Per model:
 
 - ``primary``, and optionally a ``canary`` taking ``canary_percent`` of the requests that name no version;
 - ``aliases``: alias -> version, for ``name@alias`` routes (a snapshot of the registry's aliases of live versions);
-- ``standby``: versions kept loaded with no traffic of their own: the previous primary, for an instant rollback.
-  Explicit ``name/versions/N`` routes reach every live version.
+- ``standby``: versions kept loaded with no traffic of their own: the previous primary, for an instant rollback;
+- ``shadow``: optionally a version that also scores every request the primary answers to one that names no version,
+  off the request's path; its answers are compared with the primary's and never returned. A shadow and a canary
+  never run at once.
+
+Explicit ``name/versions/N`` routes reach every live version.
 """
 
 from __future__ import annotations
@@ -33,12 +37,18 @@ class ModelRoutes:
     canary_percent: int = 0
     aliases: dict[str, int] = field(default_factory=dict)
     standby: tuple[int, ...] = ()
+    shadow: int | None = None
 
     def __post_init__(self) -> None:
         if self.canary is not None and not 0 < self.canary_percent < 100:
             raise LoomError(f"canary share must be between 1 and 99 percent, got {self.canary_percent}")
         if self.canary == self.primary:
             raise LoomError(f"version {self.primary} cannot be both the primary and the canary")
+        if self.shadow is not None:
+            if self.shadow == self.primary:
+                raise LoomError(f"version {self.primary} cannot be both the primary and the shadow")
+            if self.canary is not None:
+                raise LoomError(f"a shadow (v{self.shadow}) and a canary (v{self.canary}) cannot run at once")
 
     @property
     def traffic(self) -> dict[int, int]:
@@ -50,7 +60,8 @@ class ModelRoutes:
     @property
     def live(self) -> tuple[int, ...]:
         """Every loaded version, lowest first."""
-        return tuple(sorted({*self.traffic, *self.standby}))
+        shadow = () if self.shadow is None else (self.shadow,)
+        return tuple(sorted({*self.traffic, *self.standby, *shadow}))
 
     def pick(self) -> int:
         """A version for a request that names none, chosen by weight."""
@@ -60,18 +71,19 @@ class ModelRoutes:
 
     def to_config(self) -> dict[str, Any]:
         return {"primary": self.primary, "canary": self.canary, "canary_percent": self.canary_percent,
-                "aliases": dict(sorted(self.aliases.items())), "standby": list(self.standby)}
+                "aliases": dict(sorted(self.aliases.items())), "standby": list(self.standby), "shadow": self.shadow}
 
     @classmethod
     def from_config(cls, name: str, cfg: Any) -> ModelRoutes:
         if not isinstance(cfg, Mapping):
             raise LoomError(f"routes of model {name!r} must be a mapping")
         try:
-            canary = cfg.get("canary")
+            canary, shadow = cfg.get("canary"), cfg.get("shadow")
             return cls(primary=int(cfg["primary"]), canary=None if canary is None else int(canary),
                        canary_percent=int(cfg.get("canary_percent") or 0),
                        aliases={check_name(a, "alias"): int(v) for a, v in dict(cfg.get("aliases") or {}).items()},
-                       standby=tuple(int(v) for v in cfg.get("standby") or ()))
+                       standby=tuple(int(v) for v in cfg.get("standby") or ()),
+                       shadow=None if shadow is None else int(shadow))
         except (KeyError, TypeError, ValueError) as err:
             raise LoomError(f"routes of model {name!r} are malformed: {err!r}") from None
 
@@ -113,8 +125,9 @@ class RoutingTable:
     # -- rollout steps -----------------------------------------------------------------------------------------
 
     def deploy(self, model: str, version: int, *, canary: int | None = None) -> RoutingTable:
-        """Serve ``version``: with all traffic (the old primary stays loaded on standby), or, with ``canary``
-        percent, next to the current primary, which keeps the rest."""
+        """Serve ``version``: with all traffic (the old primary stays loaded on standby; a shadow is dropped), or,
+        with ``canary`` percent, next to the current primary, which keeps the rest. The shadow version may become
+        the canary; another canary is refused while a shadow runs."""
         current = self.models.get(model)
         if canary is None:
             standby = (current.primary,) if current is not None and current.primary != version else ()
@@ -123,6 +136,9 @@ class RoutingTable:
             raise LoomError(f"model {model!r} is not being served yet: deploy a version without --canary first")
         if current.primary == version:
             raise LoomError(f"version {version} of {model!r} is already the primary; nothing to canary")
+        if current.shadow is not None and current.shadow != version:
+            raise LoomError(f"model {model!r} has a shadow running (v{current.shadow}): unshadow it before a canary "
+                            f"of v{version}, or canary v{current.shadow}")
         return self._with(model, ModelRoutes(primary=current.primary, canary=version, canary_percent=canary,
                                              standby=tuple(v for v in current.standby if v != version)))
 
@@ -151,8 +167,27 @@ class RoutingTable:
         previous = current.standby[-1]
         return self._with(model, ModelRoutes(primary=previous, standby=(current.primary,))), previous
 
+    def shadow(self, model: str, version: int) -> RoutingTable:
+        """Load ``version`` as the shadow of ``model``'s primary (replacing a shadow, or taken off standby): it
+        scores the requests the primary answers, and answers none itself. Refused while a canary runs."""
+        current = self.routes(model)
+        if current.primary == version:
+            raise LoomError(f"version {version} of {model!r} is the primary; nothing to shadow")
+        if current.canary is not None:
+            raise LoomError(f"model {model!r} has a canary running (v{current.canary}): promote or roll it back "
+                            "before starting a shadow")
+        return self._with(model, replace(current, shadow=version,
+                                         standby=tuple(v for v in current.standby if v != version)))
+
+    def unshadow(self, model: str) -> RoutingTable:
+        """Stop the shadow of ``model`` (its version is unloaded)."""
+        current = self.routes(model)
+        if current.shadow is None:
+            raise LoomError(f"model {model!r} has no shadow running")
+        return self._with(model, replace(current, shadow=None))
+
     def scale_to_zero(self, model: str, version: int | None = None) -> RoutingTable:
-        """Unload ``version`` (a standby one), or the whole model when ``version`` is None."""
+        """Unload ``version`` (a standby one, or the shadow), or the whole model when ``version`` is None."""
         current = self.routes(model)
         if version is None:
             return self._with(model, None)
@@ -160,7 +195,9 @@ class RoutingTable:
             raise LoomError(f"version {version} of {model!r} still takes traffic; promote or roll back first")
         if version not in current.live:
             raise LoomError(f"version {version} of {model!r} is not loaded (live: {', '.join(map(str, current.live))})")
-        return self._with(model, replace(current, aliases={}, standby=tuple(v for v in current.standby if v != version)))
+        shadow = None if current.shadow == version else current.shadow
+        return self._with(model, replace(current, aliases={}, shadow=shadow,
+                                         standby=tuple(v for v in current.standby if v != version)))
 
     def with_aliases(self, model: str, aliases: Mapping[str, int]) -> RoutingTable:
         """Record the registry's aliases that point at live versions (others are not routable)."""

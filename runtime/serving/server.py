@@ -1,5 +1,6 @@
 """The model server of one replica: the live model versions and the routing table between them, dynamic batching,
-online feature look-ups, the capture of served rows (and the store they are flushed to), and metrics.
+online feature look-ups, a shadow version's scoring beside its primary, the capture of served rows (and the store
+they are flushed to), and metrics.
 Framework-free, and it knows nothing of drift: :mod:`.drift` checks what it captured, :mod:`.app` puts HTTP in
 front of both, and :mod:`.rollout` puts them on Ray Serve."""
 
@@ -27,7 +28,7 @@ from .batching import MicroBatcher
 from .capture import Capture, CaptureStore
 from .depot import DepotRegistry
 from .encoding import FeatureEncoder
-from .metrics import ServingMetrics
+from .metrics import ServingMetrics, ShadowCounts, TrafficStats
 from .oip import label_datatype
 from .protocol import Columns, Limits, RequestError, Schema, check_columns
 from .routing import ModelRoutes, RoutingTable
@@ -36,6 +37,8 @@ log = logging.getLogger("loom.serving")
 
 #: Net allocations between collections of the youngest generation in a serving process (see ``_settle_heap``).
 GEN0_THRESHOLD = 10_000
+#: Shadow predictions pending (waiting or running) per replica; a request beyond them is not shadowed, and counted.
+SHADOW_PENDING = 8
 
 
 @dataclass
@@ -163,6 +166,10 @@ class ModelServer:
         self.limits = Limits.of(cfg.serving)
         self.metrics = ServingMetrics(replica)
         self._state = _State(RoutingTable(), {})
+        self._shadow_pending = 0
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        #: This replica's own traffic, for ``/monitoring/{model}/traffic`` when the deployment has no monitor.
+        self._traffic = TrafficStats()
         self._store: Any = None
         self._service = cfg.feature_definitions.service
         mon = cfg.monitoring
@@ -229,9 +236,11 @@ class ModelServer:
         loaded = {**self._state.loaded, **new}
         keep = {(n, v) for n, r in table.models.items() for v in r.live}
         self._state = _State(table, {k: lv for k, lv in loaded.items() if k in keep})
+        self.metrics.keep_shadows({n: r.shadow for n, r in table.models.items() if r.shadow is not None})
         self._settle_heap()
         log.info("serving %s (generation %d)", ", ".join(
-            f"{n} v{r.primary}" + (f" + canary v{r.canary} ({r.canary_percent}%)" if r.canary is not None else "") for n, r in table.models.items())
+            f"{n} v{r.primary}" + (f" + canary v{r.canary} ({r.canary_percent}%)" if r.canary is not None else "")
+            + (f" + shadow v{r.shadow}" if r.shadow is not None else "") for n, r in table.models.items())
             or "nothing", table.generation)
 
     @staticmethod
@@ -294,6 +303,58 @@ class ModelServer:
         if routes is None:
             raise RequestError(404, f"model {name[:60]!r} is not served (served: {', '.join(self.table.models) or 'none'})")
         return routes
+
+    # -- the shadow ----------------------------------------------------------------------------------------------
+
+    def shadow(self, lv: LoadedVersion, cols: Columns, labels: list[Any], request_id: str = "",
+               client_id: str = "") -> None:
+        """Score a request that named no version and that ``lv`` answered with the model's shadow version too,
+        when ``lv`` is the primary and a shadow runs: as a task of the running event loop, after the answer (call
+        this once it is sent). The shadow's predictions are compared with ``labels`` (the primary's) and captured
+        under the shadow's version with the same ``request_id``; nothing of it reaches the client. Beyond
+        :data:`SHADOW_PENDING` pending shadow predictions the request is skipped (and counted)."""
+        state = self._state
+        routes = state.table.models.get(lv.name)
+        if routes is None or routes.shadow is None or routes.primary != lv.version:
+            return
+        shadow = state.loaded.get((lv.name, routes.shadow))
+        if shadow is None:
+            return
+        counts = self.metrics.shadow_counts(lv.name, shadow.version, lv.regression)
+        if self._shadow_pending >= SHADOW_PENDING:
+            counts.skip()
+            return
+        self._shadow_pending += 1
+        task = asyncio.get_running_loop().create_task(
+            self._score_shadow(shadow, counts, cols, labels, request_id, client_id))
+        self._shadow_tasks.add(task)  # (the loop keeps only weak references to its tasks)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _score_shadow(self, shadow: LoadedVersion, counts: ShadowCounts, cols: Columns, labels: list[Any],
+                            request_id: str, client_id: str) -> None:
+        try:
+            if shadow.regression != counts.regression:
+                raise LoomError(f"v{shadow.version} is not the same task as the primary")
+            pred = await shadow.predict(cols, request_id, client_id)
+            counts.compare(labels, pred.labels)
+        except Exception as err:  # noqa: BLE001 - the shadow's failures are counted, never answered
+            if not counts.errors:
+                log.warning("shadow %s v%d failed to score a request (%s); further failures are counted only "
+                            "(loom_shadow_errors_total)", shadow.name, shadow.version,
+                            err.message if isinstance(err, RequestError) else repr(err)[:300])
+            counts.error()
+        finally:
+            self._shadow_pending -= 1
+
+    # -- traffic -------------------------------------------------------------------------------------------------
+
+    def traffic(self, name: str, window_s: float = 60.0) -> dict[str, Any]:
+        """This replica's own traffic of ``name`` over the last ``window_s`` seconds (see
+        :meth:`~runtime.serving.metrics.TrafficStats.traffic`): what ``/monitoring/{model}/traffic`` answers when
+        the deployment has no monitor. Its rate series is coarse: a snapshot is taken per call."""
+        routes = self.routes(name)
+        self._traffic.add(self.metrics.snapshot())
+        return self._traffic.traffic(name, window_s, live=tuple(routes.traffic), shadow=routes.shadow)
 
     # -- inputs from the online feature store ------------------------------------------------------------------
 
