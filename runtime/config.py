@@ -476,19 +476,63 @@ class ServingConfig(_Strict):
         return frozenset({"runtime.model:TabularMLP", model.architecture})
 
 
+def parse_duration(value: str | float | int, what: str = "duration") -> float:
+    """Seconds in ``value``: a number of seconds, or a string such as ``90s``, ``30m``, ``24h``, ``7d``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a number of seconds or a string such as 30m, 24h, 7d; got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(value))
+        if m is None:
+            raise ValueError(f"{what} must be a number of seconds or a string such as 30m, 24h, 7d; got {value!r}")
+        seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"{what} must be positive, got {value!r}")
+    return seconds
+
+
 class RetrainConfig(_Strict):
-    """The closed loop run by ``loom loop``: on drift, retrain, deploy a canary, promote it only if it wins."""
+    """The closed loop (``loom loop``): on drift, retrain on the original data plus labelled production traffic;
+    the candidate runs in shadow, then as a canary, and is promoted only when a paired statistical test finds it
+    better and the latency and error guards hold."""
 
     enabled: bool = Field(False, description="Act on drift; off by default so production never retrains unasked.")
     source: str | None = Field(None, description="Data source URI of fresh training data (default: data.source).")
+    captured: bool = Field(True, description="Add captured traffic joined to its feedback labels (the `captured` "
+                           "data source over the capture store) to the round's training data.")
+    window: str | float = Field("7d", description="How far back captured traffic is read for training: seconds or "
+                                "a duration such as 6h, 7d.")
+    shadow_requests: int = Field(200, ge=0, description="Mirrored requests the candidate scores in shadow (answers "
+                                 "still come from production) before it becomes a canary; 0 skips the shadow phase.")
     canary_percent: int = Field(10, ge=1, le=99, description="Traffic share of the retrained version while judged.")
-    min_labelled: int = Field(100, ge=1, description="Labelled served rows needed to judge the canary.")
+    min_labelled: int = Field(100, ge=1, description="Labelled served rows, captured since the canary started, "
+                              "needed to judge it.")
     min_improvement: float = Field(0.0, ge=0, description="How much the new version must improve the task's metric to be "
                                                         "promoted: accuracy gained, or RMSE lost (regression).")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence with which the judge's paired test "
                               "(McNemar's exact test; a bootstrap of the RMSE gap for regression) must find the new "
                               "version better before it is promoted.")
-    cooldown_s: float = Field(600, ge=0, description="Seconds after a retrain before drift can start another.")
+    max_latency_ratio: float = Field(2.0, gt=1, description="Guard: the candidate's p99 latency may be at most this "
+                                     "many times production's (plus 5 ms), over the judged period.")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Guard: highest share of the candidate's requests "
+                                  "that may fail with a server error (shadow and canary).")
+    cooldown_s: float = Field(600, ge=0, description="Seconds after a round before drift can start another.")
+    workers: int | None = Field(None, ge=1, description="Ray Train workers of a round (default: training.workers): "
+                                "the round's training shares the cluster with serving.")
+    nice: int = Field(10, ge=0, le=19, description="OS scheduling priority of a round's training workers (nice "
+                      "value): serving keeps the CPU it needs while a round trains.")
+
+    @field_validator("window")
+    @classmethod
+    def _duration(cls, v: Any, info: Any) -> Any:
+        if v is not None:
+            parse_duration(v, f"monitoring.retrain.{info.field_name}")
+        return v
+
+    @property
+    def window_s(self) -> float:
+        return parse_duration(self.window)
 
 
 class MonitoringConfig(_Strict):

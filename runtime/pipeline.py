@@ -95,6 +95,8 @@ class Pipeline:
         self.plugins = plugins or get_plugins(modules=cfg.plugins)
         self.console = console or Console(stderr=True)
         self.timings: dict[str, float] = {}
+        #: The OS priority (nice value) of the training workers: a retrain round beside serving runs lower.
+        self.training_nice = 0
         self._store = None
         self._registry = None
 
@@ -289,7 +291,8 @@ class Pipeline:
                 progress.update(task, completed=mt["epoch"], info=info)
                 on_epoch(mt)
 
-            result = run_training(prepared.training_config(self.project), prepared.arrays, workers=t.workers,
+            config = {**prepared.training_config(self.project), "nice": self.training_nice}
+            result = run_training(config, prepared.arrays, workers=t.workers,
                                   use_gpu=t.use_gpu, storage_path=self.project.runs_uri, run_name=run_name,
                                   on_epoch=epoch_ended, max_failures=t.max_failures,
                                   runtime_env=project_runtime_env(self.project))
@@ -300,15 +303,17 @@ class Pipeline:
                            f"{metric} {result.metrics.get(metric, float('nan')):.3f}")
         return result
 
-    def register(self, trained: Trained, data: Dataset, view: FeatureService) -> ModelVersion:
-        """Record the trained model as a new version with lineage, and point the configured alias at it."""
+    def register(self, trained: Trained, data: Dataset, view: FeatureService, *, alias: str | None = None,
+                 lineage: dict[str, Any] | None = None) -> ModelVersion:
+        """Record the trained model as a new version with lineage (plus ``lineage``'s entries), and point ``alias``
+        (default: the configured ``registry.alias``) at it."""
         from .artifacts import REFERENCE
         from .lineage import LINEAGE_KEY
 
         cfg = self.project.config
         key = self.lineage_key(data)
         with self.stage("register", f"registering {cfg.model.name!r} in the {cfg.registry.kind!r} registry"):
-            lineage = {
+            record = {
                 "data": {"source": redact(data.uri), "fingerprint": data.fingerprint, "rows": len(data.frame)},
                 "features": ({"store": cfg.features.store, "view": view.name, "features": list(view.features),
                               "entity": view.entity, "timestamp": view.timestamp, "dtypes": dict(view.dtypes),
@@ -327,9 +332,11 @@ class Pipeline:
                                          "evidently")},
                 "reference_profile": REFERENCE,
                 LINEAGE_KEY: key,
+                **(lineage or {}),
             }
             version = self.registry.register(cfg.model.name, trained.artifacts, params=trained.params,
-                                             metrics=trained.metrics, lineage=lineage, alias=cfg.registry.alias,
+                                             metrics=trained.metrics, lineage=record,
+                                             alias=alias or cfg.registry.alias,
                                              run_id=trained.run_id)
         self.plugins.call("loom_model_registered", project=self.project, version=version)
         return version

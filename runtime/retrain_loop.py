@@ -18,6 +18,7 @@ is a JSON file in the capture store, written atomically (a temporary file, fsync
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -30,8 +31,12 @@ from .config import Project
 from .errors import LoomError
 from .files import write_atomic
 from .judge import Verdict, judge_classification, judge_regression
+from .secrets import redact
 
 log = logging.getLogger("loom.loop")
+
+#: The alias of a retrained version while it is judged: ``registry.alias`` moves to it only on promotion.
+CANDIDATE = "candidate"
 
 
 class RetrainLoop:
@@ -77,10 +82,12 @@ class RetrainLoop:
     # -- the loop --------------------------------------------------------------------------------------------
 
     def step(self) -> str | None:
-        """Judge a running canary, or check drift and start a retrain when it is due."""
+        """Advance the running round (shadow, then canary, then the verdict), or check drift and start a round."""
         if not self.cfg.enabled:
             raise LoomError("the retrain loop is off: set monitoring.retrain.enabled: true in loom.yaml")
         state = self.state()
+        if state.get("phase") == "shadow":
+            return self.shadowed(state)
         if state.get("phase") == "canary":
             return self.judge(state)
         if time.time() - state.get("finished_at", 0) < self.cfg.cooldown_s:
@@ -90,69 +97,205 @@ class RetrainLoop:
             return None
         return self.retrain(report)
 
+    def start(self) -> str:
+        """Start a round now (``loom retrain``), drift or not: refused while one is running."""
+        if not self.cfg.enabled:
+            raise LoomError("the retrain loop is off: set monitoring.retrain.enabled: true in loom.yaml")
+        phase = self.state().get("phase")
+        if phase in ("shadow", "canary"):
+            raise LoomError(f"a round of {self.model} is running ({phase} of "
+                            f"v{self.state().get('version')}); wait for its verdict or roll it back")
+        return self.retrain({**self.drift(), "on_demand": True})
+
     def drift(self) -> dict[str, Any]:
         """A drift check of the served model, through the serving application."""
+        return self.client().drift(self.model)
+
+    def client(self) -> Any:
         from .serving import ServingClient
 
-        return ServingClient.for_project(self.project).drift(self.model)
+        return ServingClient.for_project(self.project)
 
     def retrain(self, report: dict[str, Any]) -> str:
-        """Retrain on fresh data, register with lineage to ``report``, deploy as a canary."""
-        from .serving import deploy
-
-        pipe, project = self.pipe, self.project
+        """Retrain on the original (or ``retrain.source``) data plus labelled captured traffic, register the new
+        version under the alias ``candidate`` with lineage to ``report`` and the capture window, then run it in
+        shadow (or, with ``shadow_requests: 0``, as a canary). A failure leaves serving as it was and is reported."""
         current = int(report["version"])
-        if self.cfg.source:
-            cfg = project.config
-            pipe.project = project.model_copy(update={"config": cfg.model_copy(
-                update={"data": cfg.data.model_copy(update={"source": self.cfg.source})})})
-        data = pipe.ingest()
-        view = pipe.write_features(data)
-        trained = pipe.train(data, view)
-        version = pipe.register(trained, data, view).version
-        alias = project.config.registry.alias
-        pipe.registry.set_alias(self.model, alias, current)  # the alias moves only on promotion
+        try:
+            version, lineage = self._train_candidate(report, current)
+        except Exception as err:  # noqa: BLE001 - serving goes on untouched; the round is over and says why
+            message = f"{type(err).__name__}: {err}"
+            log.error("loop %s: the retrain failed, serving is unchanged: %s", self.model, message)
+            self.pipe.plugins.call_quietly("loom_on_error", project=self.project, stage="retrain", error=err)
+            self._save({"phase": "idle", "outcome": "failed", "error": message, "finished_at": time.time()})
+            return f"retrain failed: {message}"
         self._save_report(version, report)
+        capture = lineage.get("capture", {})
         self._log(version, "registered", drift_report=report["id"], retrained_from=current,
                   drifted_features=",".join(c for c, f in report["features"].items() if f["drifted"]),
-                  data_source=data.uri)
-        deploy(project, self.model, version, canary=self.cfg.canary_percent)
-        self._log(version, "canary", canary_percent=self.cfg.canary_percent)
-        self._save({"phase": "canary", "version": version, "previous": current, "report": report["id"],
+                  data_source=lineage["source"], captured_rows=capture.get("rows_labelled", 0))
+        return self._start_shadow(version, current, report["id"])
+
+    def _train_candidate(self, report: dict[str, Any], current: int) -> tuple[int, dict[str, Any]]:
+        from .pipeline import Dataset
+
+        pipe, project, cfg = self.pipe, self.project, self.cfg
+        config = project.config
+        update: dict[str, Any] = {}
+        if cfg.source:
+            update["data"] = config.data.model_copy(update={"source": cfg.source})
+        if cfg.workers:
+            update["training"] = config.training.model_copy(update={"workers": cfg.workers})
+        if update:
+            pipe.project = project.model_copy(update={"config": config.model_copy(update=update)})
+        pipe.training_nice = cfg.nice
+        data = pipe.ingest()
+        lineage: dict[str, Any] = {"source": data.uri}
+        if cfg.captured:
+            source = pipe.open_source(f"captured://{self.model}", {"window": cfg.window_s, "store": self.capture})
+            report_, fingerprint = pipe.validated(source, pipe.project.config.data.columns)
+            window = dict(getattr(source, "window", {}) or {})
+            window.update(rows_used=len(report_.frame), quarantined=report_.quarantined, fingerprint=fingerprint)
+            lineage["capture"] = window
+            if len(report_.frame):
+                frame = pd.concat([data.frame, report_.frame], ignore_index=True)
+                digest = hashlib.sha256(f"{data.fingerprint}+{fingerprint}".encode()).hexdigest()
+                data = Dataset(frame=frame, uri=f"{data.uri} + captured://{self.model}", fingerprint=f"sha256:{digest}",
+                               quarantined=data.quarantined + report_.quarantined)
+        view = pipe.write_features(data)
+        trained = pipe.train(data, view)
+        trigger = ("on demand" if report.get("on_demand") else "drift" if report.get("drifted")
+                   else "loom_drift_detected")
+        retrain = {"trigger": trigger,
+                   "drift_report": report["id"], "retrained_from": current, "source": redact(lineage["source"]),
+                   "capture": lineage.get("capture")}
+        version = pipe.register(trained, data, view, alias=CANDIDATE, lineage={"retrain": retrain}).version
+        return version, lineage
+
+    def _start_shadow(self, version: int, current: int, report_id: str) -> str:
+        from .serving import shadow
+
+        if self.cfg.shadow_requests == 0:
+            return self._start_canary({"version": version, "previous": current, "report": report_id})
+        shadow(self.project, self.model, version)
+        self._save({"phase": "shadow", "version": version, "previous": current, "report": report_id,
                     "started_at": time.time()})
+        self._log(version, "shadow", shadow_requests=self.cfg.shadow_requests)
+        return f"shadow v{version}"
+
+    def _start_canary(self, state: dict[str, Any]) -> str:
+        from .serving import deploy
+
+        version = int(state["version"])
+        deploy(self.project, self.model, version, canary=self.cfg.canary_percent)
+        self._save({**state, "phase": "canary", "started_at": time.time()})
+        self._log(version, "canary", canary_percent=self.cfg.canary_percent)
         return f"canary v{version}"
 
+    def shadowed(self, state: dict[str, Any]) -> str | None:
+        """Once the shadow has scored ``shadow_requests`` mirrored requests, record the agreement and start the
+        canary; a shadow failing more than ``max_error_rate`` of them is retired instead."""
+        new = int(state["version"])
+        seen = self.client().traffic(self.model, window_s=900).get("shadow") or {}
+        if int(seen.get("version") or -1) != new:
+            log.warning("loop %s v%d: the shadow is no longer served; retiring it", self.model, new)
+            return self._retire(state, "the shadow was no longer served")
+        requests = int(seen.get("requests") or 0)
+        if requests < self.cfg.shadow_requests:
+            log.info("loop %s v%d: %d of %d shadow requests", self.model, new, requests, self.cfg.shadow_requests)
+            return None
+        errors = int(seen.get("errors") or 0)
+        agreement = seen.get("agreement")
+        self._log(new, "shadowed", shadow_requests=requests, shadow_errors=errors,
+                  shadow_agreement="n/a" if agreement is None else round(float(agreement), 4))
+        if errors > self.cfg.max_error_rate * requests:
+            return self._retire(state, f"the shadow failed {errors} of {requests} requests")
+        return self._start_canary({k: state[k] for k in ("version", "previous", "report")} |
+                                  {"shadow": {"requests": requests, "errors": errors, "agreement": agreement}})
+
+    def _retire(self, state: dict[str, Any], reason: str) -> str:
+        """End a round without promotion: the candidate leaves routing and loses its alias."""
+        from .serving import current_table, rollback, unshadow
+
+        new = int(state["version"])
+        routes = current_table(self.project).models.get(self.model)
+        if routes is not None and routes.canary == new:
+            rollback(self.project, self.model)
+        elif routes is not None and routes.shadow == new:
+            unshadow(self.project, self.model)
+        self._drop_candidate(new)
+        self._log(new, "rolled-back", reason=reason)
+        self._save({"phase": "idle", "last": new, "outcome": "rolled-back", "reason": reason,
+                    "finished_at": time.time()})
+        return f"rolled back v{new}"
+
+    def _drop_candidate(self, version: int) -> None:
+        registry = self.pipe.registry
+        if CANDIDATE in registry.get_version(self.model, version).aliases:
+            registry.delete_alias(self.model, CANDIDATE)
+
     def judge(self, state: dict[str, Any]) -> str | None:
-        """Promote the canary if it beats the current version on the recent labelled rows, else roll back."""
+        """Promote the canary if it beats the current version on the labelled rows served since it started, and
+        its latency and errors stay within the guards; else roll back."""
         from .serving import promote, rollback
 
         new, old = int(state["version"]), int(state["previous"])
-        labelled = self.labelled()
+        labelled = self.labelled(since=state.get("started_at"))
         if len(labelled) < self.cfg.min_labelled:
             log.info("loop %s v%d: %d of %d labelled rows to judge the canary", self.model, new, len(labelled),
                      self.cfg.min_labelled)
             return None
         verdict = self.verdict(old, new, labelled)
-        won = verdict.promoted
+        guards = self.guards(state, old, new)
+        won = verdict.promoted and guards["passed"]
         metric = verdict.metric
+        reason = verdict.reason if guards["passed"] else guards["reason"]
         tags = {metric: round(verdict.candidate, 4), f"{metric}_previous": round(verdict.current, 4),
                 "judged_rows": verdict.n, "judge.test": verdict.test, "judge.p_value": f"{verdict.p_value:.3g}",
                 "judge.ci": f"[{verdict.ci[0]:.4g}, {verdict.ci[1]:.4g}]", "judge.confidence": verdict.confidence,
-                "judge.reason": verdict.reason}
+                "judge.reason": reason, "judge.guards": json.dumps(guards, sort_keys=True)}
         if won:
             promote(self.project, self.model)
+            self._drop_candidate(new)
             self._log(new, "promoted", **tags)
         else:
             rollback(self.project, self.model)
+            self._drop_candidate(new)
             self._log(new, "rolled-back", **tags)
+        evidence = {**verdict.to_dict(), "guards": guards, "promoted": won}
         try:
             self.pipe.plugins.call("loom_canary_judged", project=self.project, model=self.model, version=new,
-                                   previous=old, verdict=verdict.to_dict())
+                                   previous=old, verdict=evidence)
         except LoomError as err:  # a plugin's failure, named; the decision stands
             log.error("%s", err)
         self._save({"phase": "idle", "last": new, "outcome": "promoted" if won else "rolled-back",
-                    "verdict": verdict.to_dict(), "finished_at": time.time()})
+                    "verdict": evidence, "finished_at": time.time()})
         return f"{'promoted' if won else 'rolled back'} v{new}"
+
+    def guards(self, state: dict[str, Any], old: int, new: int) -> dict[str, Any]:
+        """The canary's p99 latency and server-error rate against production's, over the canary's period (at most
+        the last 15 minutes, as the deployment's monitor keeps them)."""
+        cfg = self.cfg
+        window = min(900.0, max(1.0, time.time() - float(state.get("started_at") or 0)))
+        try:
+            versions = self.client().traffic(self.model, window_s=window)["versions"]
+        except LoomError as err:
+            return {"passed": False, "reason": f"no traffic figures to check the guards: {err}"}
+        cand, prod = versions.get(str(new)) or {}, versions.get(str(old)) or {}
+        out: dict[str, Any] = {"window_s": round(window, 1), "candidate": cand, "production": prod,
+                               "max_latency_ratio": cfg.max_latency_ratio, "max_error_rate": cfg.max_error_rate}
+        requests = int(cand.get("requests") or 0)
+        rate = (int(cand.get("errors") or 0) / requests) if requests else 0.0
+        p99, limit = cand.get("p99_ms"), None
+        if prod.get("p99_ms") is not None:
+            limit = float(prod["p99_ms"]) * cfg.max_latency_ratio + 5.0
+        if rate > cfg.max_error_rate:
+            return {**out, "passed": False, "reason": f"the canary's error rate {rate:.2%} is above "
+                                                      f"{cfg.max_error_rate:.2%}"}
+        if p99 is not None and limit is not None and float(p99) > limit:
+            return {**out, "passed": False, "reason": f"the canary's p99 latency {float(p99):.1f} ms is above "
+                                                      f"{limit:.1f} ms"}
+        return {**out, "passed": True, "reason": "latency and errors within bounds"}
 
     def verdict(self, old: int, new: int, labelled: pd.DataFrame) -> Verdict:
         """Both versions predict the same labelled rows; a paired test (:mod:`runtime.judge`) decides."""
@@ -181,14 +324,18 @@ class RetrainLoop:
         predicted, _ = Predictor(bundle).predict(labelled[list(bundle.inputs)])
         return list(predicted)
 
-    def labelled(self) -> pd.DataFrame:
-        """The most recent served rows (any version) with a ground-truth label, at most ``monitoring.window``."""
+    def labelled(self, since: float | None = None) -> pd.DataFrame:
+        """The most recent served rows (any version; a row a shadow scored too counts once) with a ground-truth
+        label, captured after ``since`` (epoch seconds), at most ``monitoring.window``."""
         from .serving import read_captured, read_feedback
 
         rows = read_captured(self.capture, self.model)
         labels = read_feedback(self.capture, self.model)
         if rows.empty or labels.empty:
             return rows.iloc[0:0].assign(label=[])
+        if since is not None:
+            rows = rows[rows["ts"] >= pd.Timestamp(since, unit="s", tz="UTC")]
+        rows = rows.drop_duplicates(["request_id", "row"], keep="first")
         out = rows.merge(labels, on=["request_id", "row"], how="inner")
         return out.tail(self.project.config.monitoring.window).reset_index(drop=True)
 

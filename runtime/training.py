@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import signal
 import tempfile
@@ -349,6 +350,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    if config.get("nice"):  # a retrain round beside serving: the replicas keep the CPU they need
+        try:
+            os.nice(int(config["nice"]))
+        except OSError:
+            pass
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     resume = None

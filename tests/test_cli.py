@@ -22,7 +22,8 @@ PACKAGE = Path(runtime.cli.__file__).parent
 #: Commands that took the project as an optional first argument before -p/--project existed, with the further
 #: arguments a call needs.
 POSITIONAL = {"up": [], "validate": [], "train": [], "deploy": [], "promote": [], "rollback": [],
-              "canary": ["30"], "scale-to-zero": [], "routes": [], "loop": [], "submit": []}
+              "canary": ["30"], "scale-to-zero": [], "routes": [], "loop": [], "submit": [],
+              "retrain": [], "shadow": ["2"], "unshadow": []}
 
 
 def commands(group: click.Group = cli, prefix: tuple[str, ...] = ()):

@@ -43,7 +43,8 @@ def project(ray_cluster, serve_port, tmp_path_factory):
                         serving={"route_prefix": "/driftloop"},
                         monitoring={"window": 300, "interval_s": 1, "min_rows": 100, "flush_interval_s": 0.2,
                                     "retrain": {"enabled": True, "source": "csv://data/fresh.csv",
-                                                "canary_percent": 50, "min_labelled": 200, "cooldown_s": 0}})
+                                                "canary_percent": 50, "min_labelled": 200, "cooldown_s": 0,
+                                                "shadow_requests": 6, "workers": 1}})
     cfg = yaml.safe_load((root / "loom.yaml").read_text())
     cfg["name"] = "drift-loop"
     (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -98,18 +99,38 @@ def test_undrifted_then_shifted_traffic_then_the_loop_promotes_a_retrained_versi
 
     loop = RetrainLoop(load_project(root))
     outcome = loop.step()
-    assert outcome and outcome.startswith("canary v")
+    assert outcome and outcome.startswith("shadow v"), outcome
     new = int(outcome.split("v")[-1])
+    registry = loop.pipe.registry
+    candidate = registry.get_version("churn", new)
+    # registered as the candidate: production has not moved, and the round learnt from the labelled traffic
+    assert list(candidate.aliases) == ["candidate"]
+    assert "production" in registry.get_version("churn", result.version.version).aliases
+    retrain = candidate.lineage["retrain"]
+    assert retrain["capture"]["rows_labelled"] == 300 and retrain["retrained_from"] == result.version.version
+    assert candidate.lineage["data"]["rows"] > 4000 * 0.9 + 300 * 0.9
     routes = current_table(loop.project).models["churn"]
-    assert routes.canary == new and routes.primary == result.version.version
+    assert routes.shadow == new and routes.primary == result.version.version and routes.canary is None
 
-    label(client, replay(client, shifted.iloc[300:600]))
+    assert loop.step() is None  # too few mirrored requests yet
+    answered = replay(client, shifted.iloc[300:400], batch=10)  # the shadow scores these; production answers
+    assert len(answered) == 10
+    time.sleep(1)
+    assert loop.step() == f"canary v{new}"
+    routes = current_table(loop.project).models["churn"]
+    assert routes.canary == new and routes.primary == result.version.version and routes.shadow is None
+    assert int(registry.get_version("churn", new).tags["loom.shadow_requests"]) >= 6
+
+    label(client, replay(client, shifted.iloc[400:800]))
     time.sleep(1)  # the capture store flushes every 0.2 s
     assert loop.step() == f"promoted v{new}"
-    version = loop.pipe.registry.get_version("churn", new)
+    version = registry.get_version("churn", new)
     assert version.tags["loom.loop"] == "promoted" and version.tags["loom.retrained_from"] == str(result.version.version)
     assert float(version.tags["loom.accuracy"]) > float(version.tags["loom.accuracy_previous"])
-    assert "production" in version.aliases and current_table(loop.project).models["churn"].primary == new
+    guards = json.loads(version.tags["loom.judge.guards"])
+    assert guards["passed"] and guards["candidate"]["requests"] > 0
+    assert list(version.aliases) == ["production"] and current_table(loop.project).models["churn"].primary == new
+    assert loop.state()["outcome"] == "promoted" and loop.state()["verdict"]["promoted"]
     report = json.loads((loop.root / "loop" / f"churn-v{new}-drift-{version.tags['loom.drift_report']}.json").read_text())
     assert report["drifted"] and report["model"] == "churn"
     client.close()

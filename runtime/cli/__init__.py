@@ -21,7 +21,7 @@ from . import lifecycle, serving
 from ._common import console
 from .cluster import submit
 from .features import features
-from .loop import loop
+from .loop import loop, retrain
 from .models import models, runs
 from .monitor import monitor
 from .plugins import plugin_group, plugins
@@ -66,8 +66,8 @@ def cli() -> None:
     """Loom: data -> features -> Ray Train -> registry -> Ray Serve -> drift monitoring, from one loom.yaml."""
 
 
-for _command in (*lifecycle.COMMANDS, *serving.COMMANDS, monitor, models, runs, features, loop, submit, plugins,
-                 plugin_group):
+for _command in (*lifecycle.COMMANDS, *serving.COMMANDS, monitor, models, runs, features, loop, retrain, submit,
+                 plugins, plugin_group):
     cli.add_command(_command)
 
 

@@ -46,7 +46,8 @@ def _show(proj: Project) -> None:
     for name, routes in table.models.items():
         for v in routes.live:
             aliases = ", ".join(a for a, av in routes.aliases.items() if av == v)
-            share = f"{routes.traffic[v]}%" if v in routes.traffic else "standby"
+            share = (f"{routes.traffic[v]}%" if v in routes.traffic
+                     else "shadow" if v == getattr(routes, "shadow", None) else "standby")
             grid.add_row(name, str(v), share, aliases or "-")
     out.print(grid)
 
@@ -88,6 +89,30 @@ def canary(project: str, percent: int, model: str | None, address: str | None,
     _show(proj)
 
 
+@click.command()
+@_on_model
+@click.argument("version")
+def shadow(project: str, version: str, model: str | None, address: str | None, expect_generation: int | None) -> None:
+    """Run VERSION (a number or an alias) in shadow: it scores a copy of the requests production answers, and
+    its agreement shows in `GET /monitoring/MODEL/traffic`; `loom deploy --canary` then makes it the canary."""
+    from ..serving import shadow as shadow_
+
+    proj, name = _target(project, model, address)
+    shadow_(proj, name, int(version) if version.isdigit() else version, expect_generation=expect_generation)
+    _show(proj)
+
+
+@click.command()
+@_on_model
+def unshadow(project: str, model: str | None, address: str | None, expect_generation: int | None) -> None:
+    """Stop the shadow version's mirrored scoring."""
+    from ..serving import unshadow as unshadow_
+
+    proj, name = _target(project, model, address)
+    unshadow_(proj, name, expect_generation=expect_generation)
+    _show(proj)
+
+
 @click.command("scale-to-zero")
 @_on_model
 @click.option("--version", type=int, help="Unload this standby version (default: stop serving the model).")
@@ -117,4 +142,4 @@ def routes(project: str, as_json: bool, address: str | None) -> None:
     _show(proj)
 
 
-COMMANDS = (promote, rollback, canary, scale_to_zero, routes)
+COMMANDS = (promote, rollback, canary, shadow, unshadow, scale_to_zero, routes)
