@@ -518,6 +518,9 @@ class RetrainConfig(_Strict):
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Guard: highest share of the candidate's requests "
                                   "that may fail with a server error (shadow and canary).")
     cooldown_s: float = Field(600, ge=0, description="Seconds after a round before drift can start another.")
+    controller: bool = Field(True, description="Run the loop in a Ray actor beside the deployment, started by "
+                             "`loom up` / `loom deploy`; false: run `loom loop` yourself.")
+    check_interval_s: float = Field(5, gt=0, description="Seconds between the controller's steps.")
     workers: int | None = Field(None, ge=1, description="Ray Train workers of a round (default: training.workers): "
                                 "the round's training shares the cluster with serving.")
     nice: int = Field(10, ge=0, le=19, description="OS scheduling priority of a round's training workers (nice "

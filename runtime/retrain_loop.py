@@ -42,9 +42,12 @@ CANDIDATE = "candidate"
 class RetrainLoop:
     """One project's loop. :meth:`step` does what is due now and returns what it did (``None``: nothing)."""
 
-    def __init__(self, project: Project, *, plugins: Any = None, console: Any = None):
+    def __init__(self, project: Project, *, plugins: Any = None, console: Any = None, on_demand_checks: bool = True):
         from .pipeline import Pipeline
 
+        #: True: each idle step runs a drift check (``loom loop``); False: it reads the deployment's latest
+        #: scheduled check (the controller, which must not add a check every few seconds).
+        self.on_demand_checks = on_demand_checks
         self.project = project
         self.cfg = project.config.monitoring.retrain
         self.model = project.config.model.name
@@ -90,12 +93,44 @@ class RetrainLoop:
             return self.shadowed(state)
         if state.get("phase") == "canary":
             return self.judge(state)
+        if state.get("phase") == "training":  # cut off while training: nothing to resume from
+            return self.recover() or None
         if time.time() - state.get("finished_at", 0) < self.cfg.cooldown_s:
             return None
-        report = self.drift()
-        if not (report["drifted"] or report.get("retrain_requested")):
+        report = self.drift() if self.on_demand_checks else self.latest_check(state)
+        if report is None or not (report["drifted"] or report.get("retrain_requested")):
             return None
         return self.retrain(report)
+
+    def latest_check(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """The deployment's newest drift check, if it ran after the last round ended."""
+        import calendar
+
+        history = self.client().history(self.model, limit=1)
+        if not history:
+            return None
+        check = history[-1]
+        at = calendar.timegm(time.strptime(check["at"], "%Y-%m-%dT%H:%M:%SZ"))
+        return check if at >= state.get("finished_at", 0) else None
+
+    def recover(self) -> str | None:
+        """End a round that was cut off while training (a controller killed then): no alias moved and serving is
+        as it was; a version it registered loses the ``candidate`` alias."""
+        state = self.state()
+        if state.get("phase") != "training":
+            return None
+        registry = self.pipe.registry
+        try:
+            stray = registry.get_version(self.model, CANDIDATE)
+        except LoomError:
+            stray = None
+        if stray is not None:
+            registry.delete_alias(self.model, CANDIDATE)
+            self._log(stray.version, "rolled-back", reason="the round was cut off before its shadow started")
+        self._save({"phase": "idle", "outcome": "aborted", "reason": "the round was cut off while training",
+                    "finished_at": time.time()})
+        log.warning("loop %s: a round cut off while training was aborted; serving is unchanged", self.model)
+        return "aborted the round cut off while training"
 
     def start(self) -> str:
         """Start a round now (``loom retrain``), drift or not: refused while one is running."""
@@ -121,6 +156,7 @@ class RetrainLoop:
         version under the alias ``candidate`` with lineage to ``report`` and the capture window, then run it in
         shadow (or, with ``shadow_requests: 0``, as a canary). A failure leaves serving as it was and is reported."""
         current = int(report["version"])
+        self._save({"phase": "training", "previous": current, "report": report["id"], "started_at": time.time()})
         try:
             version, lineage = self._train_candidate(report, current)
         except Exception as err:  # noqa: BLE001 - serving goes on untouched; the round is over and says why
@@ -132,7 +168,7 @@ class RetrainLoop:
         self._save_report(version, report)
         capture = lineage.get("capture", {})
         self._log(version, "registered", drift_report=report["id"], retrained_from=current,
-                  drifted_features=",".join(c for c, f in report["features"].items() if f["drifted"]),
+                  drifted_features=",".join(c for c, f in report.get("features", {}).items() if f["drifted"]),
                   data_source=lineage["source"], captured_rows=capture.get("rows_labelled", 0))
         return self._start_shadow(version, current, report["id"])
 

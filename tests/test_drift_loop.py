@@ -44,7 +44,8 @@ def project(ray_cluster, serve_port, tmp_path_factory):
                         monitoring={"window": 300, "interval_s": 1, "min_rows": 100, "flush_interval_s": 0.2,
                                     "retrain": {"enabled": True, "source": "csv://data/fresh.csv",
                                                 "canary_percent": 50, "min_labelled": 200, "cooldown_s": 0,
-                                                "shadow_requests": 6, "workers": 1}})
+                                                "shadow_requests": 6, "workers": 1,
+                                                "controller": False}})
     cfg = yaml.safe_load((root / "loom.yaml").read_text())
     cfg["name"] = "drift-loop"
     (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -432,5 +432,8 @@ def shutdown(project: Project) -> None:
     except Exception as err:  # noqa: BLE001 - report, in Loom's words
         raise NotFoundError(f"no serving application {app_name(project)!r} to stop ({err})") from None
     finally:
+        from .controller import stop_controller
+
+        stop_controller(project)
         stop_monitor(project)
         stop_depot(project)
