@@ -354,11 +354,6 @@ class Pipeline:
         with self.stage("deploy", f"serving {cfg.model.name} v{version.version}{share} with Ray Serve"):
             connect()
             url = deploy(self.project, cfg.model.name, version.version, canary=canary)
-            retrain = cfg.monitoring.retrain
-            if retrain.enabled and retrain.controller:
-                from .serving.controller import start_controller
-
-                start_controller(self.project)  # the retrain loop, beside the deployment
         self.plugins.call("loom_model_deployed", project=self.project, model=cfg.model.name,
                           version=version.version, url=url)
         return url

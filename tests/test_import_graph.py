@@ -29,7 +29,7 @@ LAYERS = {
     "runtime.training": 3, "runtime.preparation": 3, "runtime.cluster": 3,
     "runtime.serving": 4,
     "runtime.pipeline": 5,
-    "runtime.retrain_loop": 6, "runtime.testing": 6, "runtime._contracts": 6,
+    "runtime.retrain_loop": 6, "runtime.loop_controller": 6, "runtime.testing": 6, "runtime._contracts": 6,
     "runtime.cli": 7,
 }
 

@@ -81,3 +81,20 @@ def test_mismatched_inputs_are_refused():
         judge_classification([1, 0], [1], [1, 0])
     with pytest.raises(ValueError, match="same non-zero number"):
         judge_regression([], [], [])
+
+
+def test_the_canary_guards_hold_latency_and_server_errors_to_production():
+    from runtime.retrain_loop import LATENCY_SLACK_MS, check_guards
+
+    prod = {"requests": 500, "errors": 0, "p99_ms": 20.0}
+    ok = check_guards({"requests": 480, "errors": 2, "p99_ms": 45.0}, prod, max_latency_ratio=2.0, max_error_rate=0.01)
+    assert ok["passed"] and ok["candidate"]["requests"] == 480
+    slow = check_guards({"requests": 480, "errors": 0, "p99_ms": 40.0 + LATENCY_SLACK_MS + 0.5}, prod,
+                        max_latency_ratio=2.0, max_error_rate=0.01)
+    assert not slow["passed"] and "p99 latency" in slow["reason"]
+    failing = check_guards({"requests": 100, "errors": 2, "p99_ms": 10.0}, prod, max_latency_ratio=2.0,
+                           max_error_rate=0.01)
+    assert not failing["passed"] and "error rate 2.00%" in failing["reason"]
+    # no production figures (nothing served by it in the window): only the error rate can be judged
+    assert check_guards({"requests": 10, "errors": 0, "p99_ms": 900.0}, {}, max_latency_ratio=2.0,
+                        max_error_rate=0.01)["passed"]

@@ -14,9 +14,10 @@ import yaml
 
 from conftest import make_project
 from runtime import Pipeline, load_project
+from runtime.loop_controller import start_if_enabled
 from runtime.retrain_loop import RetrainLoop
 from runtime.serving import current_table, shutdown
-from runtime.serving.controller import controller
+from runtime.serving import find_controller
 from test_drift_loop import FEATURES, generator, new_concept
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,7 @@ def project(ray_cluster, serve_port, tmp_path_factory):
     generate = generator(root)
     new_concept(generate(4000, seed=11, drift=1.0)).to_csv(root / "data" / "fresh.csv", index=False)
     result = Pipeline(root).up()
+    assert start_if_enabled(load_project(root)) is not None  # as `loom up` does after serving
     yield root, result
     shutdown(load_project(root))
 
@@ -60,12 +62,12 @@ class Traffic(threading.Thread):
                                      headers={"content-type": "application/json"})
                 self.sent += 1
                 if r.status_code != 200:
-                    self.failed.append(r.status_code)
+                    self.failed.append(("predict", r.status_code, r.text[:200]))
                     continue
                 f = self.client.post("/feedback/churn", json={"labels": [
                     {"id": r.headers["x-loom-request-id"], "label": part["churned"].tolist()}]})
                 if f.status_code != 200:
-                    self.failed.append(f.status_code)
+                    self.failed.append(("feedback", f.status_code, f.text[:300]))
             except httpx.HTTPError as err:
                 self.failed.append(type(err).__name__)
             time.sleep(0.05)
@@ -84,7 +86,7 @@ def wait_for(predicate, timeout: float, what: str):
 def test_drifted_labelled_traffic_alone_promotes_a_retrained_version_through_a_killed_controller(project):
     root, result = project
     proj = load_project(root)
-    handle = controller(proj)
+    handle = find_controller(proj)
     assert handle is not None, "loom up did not start the loop's controller"
     assert ray.get(handle.status.remote(), timeout=30)["alive"]
     loop = RetrainLoop(proj)
@@ -100,8 +102,8 @@ def test_drifted_labelled_traffic_alone_promotes_a_retrained_version_through_a_k
         ray.kill(handle, no_restart=False)  # mid-canary: Ray restarts it, and it resumes from its state
         wait_for(lambda: loop.state().get("phase") == "idle", 240, "the verdict after the restart")
         state = loop.state()
-        assert state["outcome"] == "promoted", state
-        status = ray.get(controller(proj).status.remote(), timeout=30)
+        assert state["outcome"] == "promoted", state["verdict"]["guards"]
+        status = ray.get(find_controller(proj).status.remote(), timeout=30)
         assert status["alive"] and status["state"]["last"] == new
     finally:
         traffic.halt.set()

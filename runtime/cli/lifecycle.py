@@ -30,6 +30,7 @@ def up(project: str, port: int | None, host: str | None, detach: bool, retrain: 
 
     proj = open_project(project, port=port, host=host)
     result = Pipeline(proj, console=console).up(retrain=retrain)
+    _start_loop(proj)
     timings = "  ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     console.print(f"[dim]{timings}[/]")
     if detach:
@@ -80,10 +81,19 @@ def deploy(project: str, ref: str | None, port: int | None, host: str | None, de
     if canary is not None or address:
         attach(address)
     url = Pipeline(proj, console=console).deploy(ref, canary=canary)
+    _start_loop(proj)
     if detach or canary is not None:
         out.print(url)
         return
     serve_forever(proj, url)
+
+
+def _start_loop(project: Project) -> None:
+    """The retrain loop's controller, beside the deployment, when the project turns it on."""
+    from ..loop_controller import start_if_enabled
+
+    if start_if_enabled(project) is not None:
+        console.print("[green]✓[/] retrain loop    controller running in the cluster (loom loop --status)")
 
 
 def serve_forever(project: Project, url: str) -> None:
@@ -106,6 +116,9 @@ def serve_forever(project: Project, url: str) -> None:
         import ray
         from ray import serve
 
+        from ..serving import stop_controller
+
+        stop_controller(project)  # detached: it would outlive serving on a cluster that keeps running
         serve.shutdown()
         ray.shutdown()
 

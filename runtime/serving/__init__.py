@@ -9,7 +9,9 @@ private names. Rollouts need Ray, so they load lazily: ``import runtime.serving`
   :func:`app_name`;
 - routes (:mod:`.routing`): :class:`RoutingTable`, :class:`ModelRoutes`;
 - the served app over HTTP (:mod:`.client`): :class:`ServingClient`, :func:`url_of`, :func:`serving_token`;
-- captured traffic (:mod:`.capture`): :func:`read_captured`, :func:`read_feedback`.
+- captured traffic (:mod:`.capture`): :func:`read_captured`, :func:`read_feedback`;
+- the retrain loop's controller (:mod:`.controller`; started by :mod:`runtime.loop_controller`):
+  :func:`find_controller`, :func:`stop_controller`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ _LAZY = {
     "app_name": ".rollout",
     "read_captured": ".capture",
     "read_feedback": ".capture",
+    "find_controller": ".controller",
+    "controller_name": ".controller",
+    "stop_controller": ".controller",
 }
 
 
@@ -42,6 +47,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'runtime.serving' has no attribute {name!r}")
 
 
-__all__ = ["ModelRoutes", "RoutingTable", "ServingClient", "app_name", "current_table", "deploy", "promote",
-           "read_captured", "read_feedback", "rollback", "scale_to_zero", "serving_token", "set_canary", "shadow",
-           "shutdown", "unshadow", "url_of"]
+__all__ = ["ModelRoutes", "RoutingTable", "ServingClient", "app_name", "current_table", "controller_name", "deploy",
+           "find_controller", "promote", "read_captured", "read_feedback", "rollback", "scale_to_zero", "serving_token", "set_canary", "shadow",
+           "shutdown", "stop_controller", "unshadow", "url_of"]
