@@ -1,11 +1,12 @@
 # Two entry points, both from a fresh clone:  `make quickstart`  and  `make test`.
+# `make demo-drift` (ARGS=--worse) shows the retrain loop close itself on drifted traffic, in a temporary copy.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of torch goes in first so that nothing pulls a multi-GB CUDA build; override on GPU machines.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup setup-dev quickstart test bench clean
+.PHONY: setup setup-dev quickstart demo-drift test bench clean
 
 # The runtime alone: what the main job needs.
 $(VENV)/.runtime: pyproject.toml
@@ -27,6 +28,10 @@ setup-dev: $(VENV)/.dev
 # `loom up` makes the example's data itself (data.generate in its loom.yaml) when there is none.
 quickstart: setup
 	$(BIN)/loom up examples/quickstart
+
+# The retrain loop, live: drift -> retrain -> shadow -> canary -> promoted (rolled back with ARGS=--worse).
+demo-drift: setup
+	$(BIN)/python examples/quickstart/demo_drift.py $(ARGS)
 
 test: setup-dev
 	$(BIN)/python -m pytest -ra

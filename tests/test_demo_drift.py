@@ -46,7 +46,8 @@ def test_the_worse_demo_rolls_the_candidate_back_and_production_keeps_serving(ra
         assert CANDIDATE not in candidate.aliases and "production" not in candidate.aliases, candidate.aliases
         assert "production" in registry.get_version("churn", previous).aliases
         assert current_table(project).models["churn"].primary == previous
-        assert result["failed"] == 0, result["failures"]
+        assert result["failed"] == 0, [(f["what"], f["status"], f["at_s"], f["phase"], f["body"][:80])
+                                       for f in result["failures"]]
         assert result["requests"] > 0 and result["seconds"]["drift_to_decision"] is not None
         verdict = result["verdict"]
         assert verdict["promoted"] is False and verdict["n"] >= 200
