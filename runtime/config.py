@@ -503,6 +503,9 @@ class RetrainConfig(_Strict):
                            "data source over the capture store) to the round's training data.")
     window: str | float = Field("7d", description="How far back captured traffic is read for training: seconds or "
                                 "a duration such as 6h, 7d.")
+    every: str | float | None = Field(None, description="Also start a round on a schedule, e.g. 24h: this long after "
+                                      "the last round ended (or the loop started); null: only on drift, a "
+                                      "loom_drift_detected hook or `loom retrain`.")
     shadow_requests: int = Field(200, ge=0, description="Mirrored requests the candidate scores in shadow (answers "
                                  "still come from production) before it becomes a canary; 0 skips the shadow phase.")
     canary_percent: int = Field(10, ge=1, le=99, description="Traffic share of the retrained version while judged.")
@@ -526,7 +529,7 @@ class RetrainConfig(_Strict):
     nice: int = Field(10, ge=0, le=19, description="OS scheduling priority of a round's training workers (nice "
                       "value): serving keeps the CPU it needs while a round trains.")
 
-    @field_validator("window")
+    @field_validator("window", "every")
     @classmethod
     def _duration(cls, v: Any, info: Any) -> Any:
         if v is not None:
@@ -536,6 +539,10 @@ class RetrainConfig(_Strict):
     @property
     def window_s(self) -> float:
         return parse_duration(self.window)
+
+    @property
+    def every_s(self) -> float | None:
+        return None if self.every is None else parse_duration(self.every)
 
 
 class MonitoringConfig(_Strict):

@@ -73,6 +73,8 @@ class RetrainLoop:
         #: True: each idle step runs a drift check (``loom loop``); False: it reads the deployment's latest
         #: scheduled check (the controller, which must not add a check every few seconds).
         self.on_demand_checks = on_demand_checks
+        #: When this loop started: ``retrain.every`` counts from here until a round has ended.
+        self.started = time.time()
         self.project = project
         self.cfg = project.config.monitoring.retrain
         self.model = project.config.model.name
@@ -124,8 +126,22 @@ class RetrainLoop:
             return None
         report = self.drift() if self.on_demand_checks else self.latest_check(state)
         if report is None or not (report["drifted"] or report.get("retrain_requested")):
-            return None
+            if not self.schedule_due(state):
+                return None
+            report = {**(report or self.served_report()), "scheduled": True}
         return self.retrain(report)
+
+    def schedule_due(self, state: dict[str, Any]) -> bool:
+        """Whether ``retrain.every`` has passed since the last round ended (or since this loop started)."""
+        every = self.cfg.every_s
+        return every is not None and time.time() - float(state.get("finished_at") or self.started) >= every
+
+    def served_report(self) -> dict[str, Any]:
+        """What a scheduled round answers when there is no drift check to name: the version served now."""
+        from .serving import current_table
+
+        primary = current_table(self.project).routes(self.model).primary
+        return {"id": f"schedule-{int(time.time())}", "version": primary, "drifted": False, "features": {}}
 
     def latest_check(self, state: dict[str, Any]) -> dict[str, Any] | None:
         """The deployment's newest drift check, if it ran after the last round ended."""
@@ -225,8 +241,8 @@ class RetrainLoop:
                                quarantined=data.quarantined + report_.quarantined)
         view = pipe.write_features(data)
         trained = pipe.train(data, view)
-        trigger = ("on demand" if report.get("on_demand") else "drift" if report.get("drifted")
-                   else "loom_drift_detected")
+        trigger = ("on demand" if report.get("on_demand") else "schedule" if report.get("scheduled")
+                   else "drift" if report.get("drifted") else "loom_drift_detected")
         retrain = {"trigger": trigger,
                    "drift_report": report["id"], "retrained_from": current, "source": redact(lineage["source"]),
                    "capture": lineage.get("capture")}
