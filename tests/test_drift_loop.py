@@ -36,21 +36,25 @@ def new_concept(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(churned=frame["support_calls"] >= 3)
 
 
-@pytest.fixture(scope="module")
-def project(ray_cluster, serve_port, tmp_path_factory):
-    root = make_project(tmp_path_factory.mktemp("loop") / "qs", port=serve_port,
-                        training={"workers": 1, "epochs": 3},
-                        serving={"route_prefix": "/driftloop"},
+def loop_project(dest, port: int, name: str, route_prefix: str, **retrain):
+    """A quickstart project named ``name`` with the retrain loop on (``retrain`` on top of the loop's test
+    settings), whose fresh data follows :func:`new_concept`."""
+    root = make_project(dest, port=port, training={"workers": 1, "epochs": 3},
+                        serving={"route_prefix": route_prefix},
                         monitoring={"window": 300, "interval_s": 1, "min_rows": 100, "flush_interval_s": 0.2,
                                     "retrain": {"enabled": True, "source": "csv://data/fresh.csv",
-                                                "canary_percent": 50, "min_labelled": 200, "cooldown_s": 0,
-                                                "shadow_requests": 6, "workers": 1,
-                                                "controller": False}})
+                                                "canary_percent": 50, "cooldown_s": 0, "workers": 1, **retrain}})
     cfg = yaml.safe_load((root / "loom.yaml").read_text())
-    cfg["name"] = "drift-loop"
+    cfg["name"] = name
     (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    generate = generator(root)
-    new_concept(generate(4000, seed=11, drift=1.0)).to_csv(root / "data" / "fresh.csv", index=False)
+    new_concept(generator(root)(4000, seed=11, drift=1.0)).to_csv(root / "data" / "fresh.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def project(ray_cluster, serve_port, tmp_path_factory):
+    root = loop_project(tmp_path_factory.mktemp("loop") / "qs", serve_port, "drift-loop", "/driftloop",
+                        min_labelled=200, shadow_requests=6, controller=False)
     result = Pipeline(root).up()
     yield root, result
     shutdown(load_project(root))

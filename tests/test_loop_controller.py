@@ -10,33 +10,20 @@ import time
 import httpx
 import pytest
 import ray
-import yaml
 
-from conftest import make_project
 from runtime import Pipeline, load_project
 from runtime.loop_controller import start_if_enabled
 from runtime.retrain_loop import RetrainLoop
-from runtime.serving import current_table, shutdown
-from runtime.serving import find_controller
-from test_drift_loop import FEATURES, generator, new_concept
+from runtime.serving import current_table, find_controller, shutdown
+from test_drift_loop import FEATURES, generator, loop_project, new_concept
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def project(ray_cluster, serve_port, tmp_path_factory):
-    root = make_project(tmp_path_factory.mktemp("ctl") / "qs", port=serve_port,
-                        training={"workers": 1, "epochs": 3},
-                        serving={"route_prefix": "/loopctl"},
-                        monitoring={"window": 300, "interval_s": 1, "min_rows": 100, "flush_interval_s": 0.2,
-                                    "retrain": {"enabled": True, "source": "csv://data/fresh.csv",
-                                                "canary_percent": 50, "min_labelled": 150, "cooldown_s": 0,
-                                                "shadow_requests": 10, "workers": 1, "check_interval_s": 0.5}})
-    cfg = yaml.safe_load((root / "loom.yaml").read_text())
-    cfg["name"] = "loop-controller"
-    (root / "loom.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    generate = generator(root)
-    new_concept(generate(4000, seed=11, drift=1.0)).to_csv(root / "data" / "fresh.csv", index=False)
+    root = loop_project(tmp_path_factory.mktemp("ctl") / "qs", serve_port, "loop-controller", "/loopctl",
+                        min_labelled=150, shadow_requests=10, check_interval_s=0.5)
     result = Pipeline(root).up()
     assert start_if_enabled(load_project(root)) is not None  # as `loom up` does after serving
     yield root, result
