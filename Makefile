@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch goes in first so that nothing pulls a multi-GB CUDA build; override on GPU machines.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup setup-dev quickstart demo-drift test bench clean
+.PHONY: setup setup-dev quickstart demo-drift screenshot test bench clean
 
 # The runtime alone: what the main job needs.
 $(VENV)/.runtime: pyproject.toml
@@ -32,6 +32,10 @@ quickstart: setup
 # The retrain loop, live: drift -> retrain -> shadow -> canary -> promoted (rolled back with ARGS=--worse).
 demo-drift: setup
 	$(BIN)/python examples/quickstart/demo_drift.py $(ARGS)
+
+# The console (/ui) after the drift demo's round, in headless Chromium: docs/img/console-*.png (the README shows them).
+screenshot: setup-dev
+	$(BIN)/python examples/quickstart/console_screenshot.py $(ARGS)
 
 test: setup-dev
 	$(BIN)/python -m pytest -ra

@@ -2,7 +2,7 @@
 
 The root group lives here; each area's commands live in a module of their own and are attached below:
 :mod:`.lifecycle` (up, validate, train, deploy), :mod:`.models` (models, runs), :mod:`.features`,
-:mod:`.serving` (promote, rollback, canary, scale-to-zero, routes), :mod:`.monitor`, :mod:`.loop`,
+:mod:`.serving` (promote, rollback, canary, scale-to-zero, routes), :mod:`.monitor`, :mod:`.status`, :mod:`.loop`,
 :mod:`.cluster` (submit) and :mod:`.plugins` (plugin new, plugins). What they share is in :mod:`._common`.
 """
 
@@ -25,6 +25,7 @@ from .loop import loop, retrain
 from .models import models, runs
 from .monitor import monitor
 from .plugins import plugin_group, plugins
+from .status import status
 
 
 class LoomGroup(click.Group):
@@ -67,7 +68,7 @@ def cli() -> None:
 
 
 for _command in (*lifecycle.COMMANDS, *serving.COMMANDS, monitor, models, runs, features, loop, retrain, submit,
-                 plugins, plugin_group):
+                 plugins, plugin_group, status):
     cli.add_command(_command)
 
 

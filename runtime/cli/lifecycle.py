@@ -107,6 +107,7 @@ def serve_forever(project: Project, url: str) -> None:
         env = project.config.serving.auth_token_env
         auth = f"-H \"Authorization: Bearer ${env}\" " if env else ""
         out.print(f"  curl -s {auth}{url}/v2/models/{model}\n", soft_wrap=True, highlight=False)
+        out.print(f"Console: {url}/ui  (loom status in a terminal)\n", soft_wrap=True, highlight=False)
         # Short sleeps: Ray's threads can receive the SIGINT, and Python then only raises KeyboardInterrupt once
         # the main thread runs bytecode again, so one long sleep would ignore Ctrl-C for up to its length.
         while True:

@@ -7,6 +7,7 @@ a reply it cannot read included, as a short message.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import click
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
 def _client(project: str, url: str | None) -> ServingClient:
     from ..serving import ServingClient
 
-    if not has_project_file(project):
-        return ServingClient(url or DEFAULT_URL, timeout_s=120)
+    if not has_project_file(project):  # no project to name the token's variable: LOOM_TOKEN alone
+        return ServingClient(url or DEFAULT_URL, os.environ.get("LOOM_TOKEN") or None, timeout_s=120)
     return ServingClient.for_project(open_project(project), url=url, timeout_s=120)
 
 

@@ -30,6 +30,7 @@ from .openapi import build_openapi
 from .protocol import RequestError, parse_json
 from .scoring import decode_mlflow, decode_predict
 from .capture import new_request_id
+from .console import console_routes, is_console, is_open, session_cookie, session_value
 from .drift import DriftChecks, with_store
 from .server import LoadedVersion, ModelServer
 
@@ -140,6 +141,9 @@ class LoomApp:
         self.allowed_hosts = tuple(h.lower() for h in cfg.serving.allowed_hosts)
         self._inference = f"Bearer {server.token}".encode() if server.token else None
         self._operator = f"Bearer {server.operator_token}".encode() if server.operator_token else None
+        #: The console's session cookie (an HMAC of the operator token) and where to sign in.
+        self._session = session_value(server.operator_token).encode() if server.operator_token else b""
+        self._login = f"{cfg.serving.route_prefix.rstrip('/')}/ui/login".encode()
         self.api = metadata_api(server, self.checks)
         # In a Serve replica, Serve's request-id middleware puts an X-Request-ID on every request (the client's, or
         # a new one) and echoes it on the response; outside Serve this app does both itself.
@@ -187,7 +191,16 @@ class LoomApp:
         scope = OPEN if probe or path in self.public_paths else route_scope(path)
         if scope == OPEN and path in PROBES and not probe:
             scope = OPERATOR
-        if scope != OPEN:
+        console = is_console(path)
+        if console and is_open(path):
+            scope = OPEN
+        if console and scope != OPEN and self._operator is not None:
+            if not (hmac.compare_digest(session_cookie(headers) or b"", self._session)
+                    or hmac.compare_digest(headers.get(b"authorization", b""), self._operator)):
+                if path.startswith("/ui/api/") or method not in ("GET", "HEAD"):
+                    return 401, "sign in to the console (POST /ui/login) or send the operator token", []
+                return 303, "sign in to the console at /ui/login", [(b"location", self._login)]
+        elif scope != OPEN:
             needed = self._operator if scope == OPERATOR else self._inference
             if needed is not None:
                 supplied = headers.get(b"authorization", b"")
@@ -221,6 +234,8 @@ class LoomApp:
         kind = _media_type(headers.get(b"content-type"))
         if kind == "application/json" or kind.endswith("+json"):
             return None
+        if kind == "application/x-www-form-urlencoded" and path in ("/ui/login", "/ui/logout"):
+            return None  # the console's sign-in form (same origin only, checked above)
         infer = path.startswith("/v2/models/") and path.endswith("/infer")
         if infer and (kind in ("", "application/octet-stream")):
             return None  # tritonclient sends no content type, JSON or binary
@@ -385,6 +400,7 @@ def metadata_api(server: ModelServer, checks: Any) -> FastAPI:
     _oip_metadata_routes(api, server)
     _operations_routes(api, server, checks)
     _monitoring_routes(api, checks)
+    console_routes(api, server, checks, report_csp=HTML_CSP)
     return api
 
 

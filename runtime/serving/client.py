@@ -139,6 +139,14 @@ class ServingClient:
                             "server?")
         return answer
 
+    def summary(self) -> dict[str, Any]:
+        """What the console's front page shows (``GET /ui/api/summary``): every served model's routes, production
+        version, traffic over the last minute, last drift check and retrain loop phase."""
+        answer = self._json("GET", "/ui/api/summary")
+        if not isinstance(answer, dict) or not isinstance(answer.get("models"), list):
+            raise LoomError(f"{self.url}/ui/api/summary answered no console summary; is this a Loom server?")
+        return answer
+
     def feedback(self, model: str, labels: list[dict[str, Any]]) -> dict[str, Any]:
         """Send ground-truth labels for served request ids: ``[{"id": ..., "label": ...}, ...]``."""
         answer = self._json("POST", f"/feedback/{_segment(model)}", body={"labels": labels})

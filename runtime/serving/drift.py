@@ -237,6 +237,25 @@ class DriftChecks:
         kept = list(self._history.get(name, ()))
         return kept[-limit:] if limit else kept
 
+    def histograms(self, name: str, feature: str, version: str | None = None) -> dict[str, Any]:
+        """One input's (or ``prediction``'s) distribution in the training reference and in the captured window, as
+        shares per bin: numeric inputs over :data:`HISTOGRAM_BINS` bins of the reference's range (the ends hold
+        what falls outside it), categorical ones over their most frequent values (the rest as ``(other)``)."""
+        lv, reference, current = self._window(name, version)
+        schema = capture_schema(lv.schema)
+        if feature != "prediction" and feature not in schema:
+            raise RequestError(404, f"model {name!r} has no input {feature[:80]!r}; its inputs are "
+                                    f"{', '.join(schema)}")
+        if feature == "prediction":
+            if "prediction" not in reference:
+                raise RequestError(409, f"model {name!r} version {lv.version}'s reference has no predictions")
+            categorical = not lv.regression
+        else:
+            categorical = schema[feature]["type"] in CATEGORICAL_TYPES
+        out = histogram(reference[feature], current[feature], categorical=categorical)
+        return {"model": name, "version": lv.version, "feature": feature, **out,
+                "reference_rows": int(len(reference)), "current_rows": int(len(current))}
+
     def _window(self, name: str, version: str | None) -> tuple[LoadedVersion, pd.DataFrame, pd.DataFrame]:
         routes = self.server.routes(name)
         lv = self.server.resolve(name, version if version is not None else str(routes.primary))
@@ -298,10 +317,14 @@ class DriftChecks:
         summary = {k: out[k] for k in ("id", "at", "trigger", "model", "version", "drifted", "share_drifted",
                                        "n_current", "window_rows", "retrain_requested", "seconds")}
         summary["drifted_features"] = [c for c, f in out["features"].items() if f["drifted"]]
+        #: each input's drift score (its method's statistic: lower is more drifted for p-values), over time
+        summary["scores"] = {c: f.get("score") for c, f in out["features"].items()}
         summary["prediction_drift"] = out["prediction_drift"].get("drifted")
+        summary["prediction_score"] = out["prediction_drift"].get("score")
         if "performance" in out:
             perf = out["performance"]
             summary["accuracy"] = perf.get("accuracy")
+            summary["labelled_rows"] = perf.get("rows")
             if "rmse" in perf:  # regression
                 summary.update(rmse=perf["rmse"], r2=perf.get("r2"))
         self._history.setdefault(name, deque(maxlen=self.cfg.history)).append(summary)
@@ -357,6 +380,42 @@ class DriftChecks:
                     log.info("scheduled drift check of %s skipped: %s", name, err.message)
                 except Exception:  # noqa: BLE001 - a failed check must not stop the schedule
                     log.exception("scheduled drift check of %s failed", name)
+
+
+#: Bins of a numeric input's histogram (:meth:`DriftChecks.histograms`); categories shown of a categorical one.
+HISTOGRAM_BINS = 20
+HISTOGRAM_CATEGORIES = 20
+
+
+def histogram(reference: pd.Series, current: pd.Series, *, categorical: bool) -> dict[str, Any]:
+    """Two samples as shares per bin: ``{"kind": "numeric", "edges": [...], "reference": [...], "current": [...]}``
+    (bins over the reference's finite range, values outside it counted in the end bins, missing values left
+    out) or ``{"kind": "categorical", "categories": [...], ...}``. Shares sum to 1 over the counted values."""
+    if categorical:
+        ref = reference.astype(object).where(reference.notna(), "(missing)").astype(str)
+        cur = current.astype(object).where(current.notna(), "(missing)").astype(str)
+        counts = pd.concat([ref, cur]).value_counts()
+        top = [str(c) for c in counts.index[:HISTOGRAM_CATEGORIES]]
+        other = len(counts) > len(top)
+        def shares(values: pd.Series) -> list[float]:
+            vc = values.value_counts()
+            n = max(1, len(values))
+            row = [float(vc.get(c, 0)) / n for c in top]
+            return row + ([1.0 - sum(row)] if other else [])
+        return {"kind": "categorical", "categories": top + (["(other)"] if other else []),
+                "reference": shares(ref), "current": shares(cur)}
+    ref = pd.to_numeric(reference, errors="coerce").to_numpy(np.float64)
+    cur = pd.to_numeric(current, errors="coerce").to_numpy(np.float64)
+    ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]
+    base = ref if len(ref) else cur
+    lo, hi = (float(base.min()), float(base.max())) if len(base) else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+    def shares(values: np.ndarray) -> list[float]:
+        counts, _ = np.histogram(np.clip(values, lo, hi), bins=edges)
+        return [float(c) / max(1, len(values)) for c in counts]
+    return {"kind": "numeric", "edges": [float(e) for e in edges], "reference": shares(ref), "current": shares(cur)}
 
 
 def check_name(model: str, check_id: str) -> str:

@@ -378,22 +378,31 @@ class TrafficStats:
         n = max(1, int(window_s // step))
         times = [now - (n - k) * step for k in range(n + 1)]
 
-        def requests_at(t: float) -> dict[str, int]:
-            out: dict[str, int] = {}
+        def counts_at(t: float) -> dict[str, list[int]]:
+            out: dict[str, list[int]] = {}
             for s in series:
                 snap = s.at_time(t)
                 if snap is None:
                     continue
                 for version, counts in snap["versions"].get(model, {}).items():
-                    out[version] = out.get(version, 0) + counts[REQUESTS]
+                    acc = out.setdefault(version, [0] * len(counts))
+                    for i, c in enumerate(counts):
+                        acc[i] += c
             return out
 
-        totals = [requests_at(t) for t in times]
+        totals = [counts_at(t) for t in times]
         points = []
         for k in range(1, n + 1):
-            point: dict[str, Any] = {"t": round(times[k], 3)}
+            point: dict[str, Any] = {"t": round(times[k], 3), "p50_ms": {}, "p99_ms": {}, "error_rate": {}}
             for version in versions:
-                point[version] = round(max(0, totals[k].get(version, 0) - totals[k - 1].get(version, 0)) / step, 3)
+                d = _delta(totals[k].get(version, []), totals[k - 1].get(version)) if version in totals[k] else []
+                requests = d[REQUESTS] if d else 0
+                point[version] = round(requests / step, 3)
+                if requests:  # latency and errors of the step's own requests
+                    p50, p99 = quantile(0.5, d[BUCKETS:]), quantile(0.99, d[BUCKETS:])
+                    point["p50_ms"][version] = None if p50 is None else round(p50 * 1000, 3)
+                    point["p99_ms"][version] = None if p99 is None else round(p99 * 1000, 3)
+                    point["error_rate"][version] = round(d[ERRORS] / requests, 6)
             points.append(point)
         return points
 

@@ -169,7 +169,7 @@ class DeploymentMonitor:
     # -- what the replicas ask -------------------------------------------------------------------------------
 
     def call(self, method: str, *args: Any) -> tuple:
-        """``check``, ``html`` or ``history`` of the deployment's checks: ``("ok", value)`` or
+        """``check``, ``html``, ``history`` or ``histograms`` of the deployment's checks: ``("ok", value)`` or
         ``("error", status, message)``, so a client error crosses the process boundary as it is."""
         try:
             return "ok", getattr(self.checks, method)(*args)
@@ -257,6 +257,10 @@ class RemoteChecks:
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         self.server.routes(name)
         return self._ask("history", name, limit)
+
+    def histograms(self, name: str, feature: str, version: str | None = None) -> dict[str, Any]:
+        self.server.routes(name)
+        return self._ask("histograms", name, feature, version)
 
     def traffic(self, name: str, window_s: float = 60.0) -> dict[str, Any]:
         """The deployment's traffic of ``name`` (this replica's latest counts sent first)."""
