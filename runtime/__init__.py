@@ -57,6 +57,9 @@ _LAZY = {
     "StepContext": "runtime.steps",
     "read_captured": "runtime.serving.capture",
     "read_feedback": "runtime.serving.capture",
+    "ModelFormat": "runtime.formats",
+    "LoadLimits": "runtime.formats",
+    "load_model": "runtime.formats",
 }
 
 
@@ -85,9 +88,11 @@ __all__ = [
     "FeatureView",
     "IncrementalSource",
     "InvalidNameError",
+    "LoadLimits",
     "Location",
     "LoomError",
     "MetricPoint",
+    "ModelFormat",
     "ModelRegistry",
     "ModelVersion",
     "NotFoundError",
@@ -121,6 +126,7 @@ __all__ = [
     "is_uri",
     "join_uri",
     "fsync_dir",
+    "load_model",
     "load_project",
     "open_location",
     "parse_config",

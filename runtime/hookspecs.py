@@ -88,6 +88,23 @@ def loom_register_drift_monitors(register: Register) -> None:
 
 
 @hookspec
+def loom_register_model_formats(register: Register) -> None:
+    """Register model formats by name (what ``loom models import --format`` names, and what a version's
+    ``model.json`` records as its ``model_format``).
+
+    :param register: ``register(name, factory)``; ``factory()`` returns a :class:`runtime.ModelFormat`: the
+        artifact names its versions hold and ``load(files, spec, limits)``, which turns them into the network that
+        runs on Loom's encoded batch. Loom keeps the encoding (declared inputs, preprocessing, task, classes), so
+        every route, batching, capture, drift and canary work the same for every format.
+    :return: nothing.
+
+    ``torch`` (safetensors weights and the architecture's import path) is built in and cannot be registered.
+
+    Since 0.3.0. Built-in: ``onnx``.
+    """
+
+
+@hookspec
 def loom_register_commands(cli: click.Group) -> None:
     """Add commands to the ``loom`` command line.
 

@@ -26,7 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .artifacts import MODEL_ARTIFACTS, REFERENCE, SPEC, WEIGHTS
+from .artifacts import REFERENCE, SPEC, WEIGHTS
 from .config import ColumnSpec
 from .errors import ConfigError, LoomError
 from .tasks import Classification, Task, task_from_dict
@@ -253,13 +253,36 @@ class Preprocessor:
             j += len(cats)
         return out
 
+    @classmethod
+    def passthrough(cls, columns: Mapping[str, ColumnSpec]) -> Preprocessor:
+        """The encoding of a model Loom did not train (an imported one): numeric columns (int, float, bool) as
+        they are, in declared order, a missing value as NaN; then each category column one-hot over its declared
+        ``categories``. Other column types have no encoding without training data.
+
+        :raises ConfigError: naming a column that cannot be encoded.
+        """
+        numeric, categorical = [], {}
+        for c, s in columns.items():
+            if s.type in NUMERIC_TYPES:
+                numeric.append(c)
+            elif s.type == "category" and s.categories:
+                categorical[c] = list(s.categories)
+            else:
+                need = "declared `categories`" if s.type == "category" else "a number, a category or a tensor"
+                raise ConfigError(f"input {c!r} ({s.type}) cannot be encoded for an imported model: it needs {need} "
+                                  "(docs/models.md, 'Imported models')")
+        n = len(numeric)
+        return cls(numeric=numeric, categorical=categorical, medians=[math.nan] * n, means=[0.0] * n, stds=[1.0] * n)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"numeric": self.numeric, "categorical": self.categorical, "medians": self.medians,
-                "means": self.means, "stds": self.stds}
+        # a NaN median (no imputation: a passthrough encoding) is written as null, so model.json stays plain JSON
+        return {"numeric": self.numeric, "categorical": self.categorical,
+                "medians": [None if math.isnan(m) else m for m in self.medians], "means": self.means,
+                "stds": self.stds}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocessor:
-        return cls(**d)
+        return cls(**{**d, "medians": [math.nan if m is None else m for m in d.get("medians", [])]})
 
 
 @dataclass
@@ -303,22 +326,46 @@ class ModelBundle:
             spec = json.loads(artifacts[SPEC])
             raw = artifacts[WEIGHTS]
         except KeyError as err:
+            fmt = spec_format(artifacts[SPEC]) if SPEC in artifacts else TORCH
+            if fmt != TORCH:
+                raise LoomError(f"model version is a {fmt!r} model, not a torch bundle: load it with "
+                                "runtime.formats.load_model") from None
             raise LoomError(f"model version is missing artifact {err.args[0]!r}") from None
+        return cls.from_spec(spec, raw, allowed=allowed, max_parameters=max_parameters)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], weights: bytes, *, allowed: Collection[str] | None = None,
+                  max_parameters: int | None = None) -> ModelBundle:
+        """A bundle from its parsed spec (``model.json``) and its safetensors weights, checked as
+        :meth:`from_artifacts` says.
+
+        :raises LoomError: the weights are not a safetensors file.
+        """
         check_architecture(spec["architecture"], allowed)
         check_options(spec["kwargs"])
+        count = parameter_count(weights)  # also the check that these are safetensors, before decoding any tensor
         if max_parameters is not None:
-            check_parameters(parameter_count(raw), max_parameters)
+            check_parameters(count, max_parameters)
+        try:
+            state_dict = st_load(weights)
+        except Exception as err:  # noqa: BLE001 - safetensors' own error types
+            raise LoomError(f"model weights are not a readable safetensors file: {err}") from None
         return cls(architecture=spec["architecture"], kwargs=legacy_kwargs(spec["architecture"], spec["kwargs"]),
                    preprocessor=Preprocessor.from_dict(spec["preprocessor"]),
                    task=task_from_dict(spec.get("task"), spec.get("classes")), inputs=spec["inputs"],
-                   label=spec["label"], state_dict=st_load(raw))
+                   label=spec["label"], state_dict=state_dict)
 
     @classmethod
     def from_registry(cls, registry: ModelRegistry, name: str, version: int, *,
                       allowed: Collection[str] | None = None, max_parameters: int | None = None) -> ModelBundle:
         """Read version ``version`` of model ``name`` from a registry plugin (its spec and weights), checked as
         :meth:`from_artifacts` says."""
-        return cls.from_artifacts({a: registry.read_artifact(name, version, a) for a in MODEL_ARTIFACTS},
+        spec = registry.read_artifact(name, version, SPEC)
+        fmt = spec_format(spec)
+        if fmt != TORCH:  # before reading weights it does not have
+            raise LoomError(f"model {name!r} v{version} is a {fmt!r} model, not a torch bundle: load it with "
+                            "runtime.formats.load_model")
+        return cls.from_artifacts({SPEC: spec, WEIGHTS: registry.read_artifact(name, version, WEIGHTS)},
                                   allowed=allowed, max_parameters=max_parameters)
 
     @property
@@ -345,14 +392,45 @@ class ModelBundle:
         return model.eval()
 
     def model_inputs(self, cols: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
-        """The forward pass's arguments for a mapping of input -> values (a DataFrame works): the encoded tabular
-        matrix, when there are tabular columns, then each tensor input as ``[N, *shape]`` float32."""
-        out: list[np.ndarray] = []
-        if self.preprocessor.input_columns:
-            out.append(self.preprocessor.transform(cols))
-        for name, spec in self.tensors.items():
-            out.append(tensor_array(cols[name], spec))
-        return tuple(out)
+        """The forward pass's arguments for a mapping of input -> values (a DataFrame works): see
+        :func:`encode_inputs`."""
+        return encode_inputs(self.preprocessor, self.tensors, cols)
+
+
+def encode_inputs(preprocessor: Preprocessor, tensors: Mapping[str, Mapping[str, Any]],
+                  cols: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
+    """A network's positional arguments for a mapping of input -> values (a DataFrame works), whatever its format:
+    the encoded tabular matrix ``[N, n_features]`` float32, when there are tabular columns, then each tensor input
+    as ``[N, *shape]`` of its declared dtype."""
+    out: list[np.ndarray] = []
+    if preprocessor.input_columns:
+        out.append(preprocessor.transform(cols))
+    for name, spec in tensors.items():
+        out.append(tensor_array(cols[name], spec))
+    return tuple(out)
+
+
+#: The built-in model format: safetensors weights and the architecture's import path (``model.json`` without a
+#: ``model_format`` is one).
+TORCH = "torch"
+
+
+def spec_format(spec: bytes | Mapping[str, Any]) -> str:
+    """The model format a version's ``model.json`` names (``torch`` when it names none).
+
+    :raises LoomError: the spec is not a JSON object.
+    """
+    if isinstance(spec, (bytes, str)):
+        try:
+            spec = json.loads(spec)
+        except ValueError as err:
+            raise LoomError(f"model.json is not JSON: {err}") from None
+    if not isinstance(spec, Mapping):
+        raise LoomError("model.json is not a JSON object")
+    fmt = spec.get("model_format", TORCH)
+    if not isinstance(fmt, str):
+        raise LoomError(f"model.json names model_format {fmt!r:.40}, not a name")
+    return fmt.lower()
 
 
 #: The numpy type of each tensor dtype (BF16 is served as float32).

@@ -37,7 +37,10 @@ KINDS = {
     "loom_register_feature_stores": "feature store",
     "loom_register_registries": "registry",
     "loom_register_drift_monitors": "drift monitor",
+    "loom_register_model_formats": "model format",
 }
+#: Names of a kind that Loom itself provides (no plugin may register them), and who provides them.
+BUILT_IN = {"loom_register_model_formats": {"torch": "runtime"}}
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class PluginInfo:
 class _Kind:
     what: str
     factories: dict[str, tuple[Callable[..., Any], str]] = field(default_factory=dict)  # name -> (factory, plugin)
+    built_in: dict[str, str] = field(default_factory=dict)  # name -> who provides it (not a plugin's factory)
 
 
 def _env_list(var: str) -> set[str] | None:
@@ -109,7 +113,7 @@ class Plugins:
         self.pm = pluggy.PluginManager("loom")
         self.pm.add_hookspecs(hookspecs)
         self._dists: dict[str, tuple[str | None, str | None]] = {}
-        self._kinds = {hook: _Kind(what) for hook, what in KINDS.items()}
+        self._kinds = {hook: _Kind(what, built_in=dict(BUILT_IN.get(hook, {}))) for hook, what in KINDS.items()}
         self.trace = os.environ.get("LOOM_TRACE_PLUGINS", "") not in ("", "0")
         if self.trace:
             _enable_trace_output()
@@ -277,6 +281,9 @@ class Plugins:
                 raise PluginError(plugin, hook, f"registered {kind.what} {name!r} with a non-callable factory "
                                   f"({type(factory).__name__})", dist=self.dist_of(plugin))
             key = name.lower()
+            if key in kind.built_in:
+                raise PluginError(plugin, hook, f"{kind.what} {name!r} is built into Loom "
+                                  f"({kind.built_in[key]}); register it under another name", dist=self.dist_of(plugin))
             if key in kind.factories:
                 other = kind.factories[key][1]
                 raise PluginError(plugin, hook, f"{kind.what} {name!r} is already registered by plugin {other!r}",
@@ -293,7 +300,7 @@ class Plugins:
         kind = self._kinds[hook]
         entry = kind.factories.get(name.lower())
         if entry is None:
-            known = ", ".join(sorted(kind.factories)) or "none"
+            known = ", ".join(sorted({*kind.factories, *kind.built_in})) or "none"
             raise NotFoundError(f"no {kind.what} plugin named {name!r} is loaded (available: {known})")
         factory, plugin = entry
         if storage is not None and _takes(factory, "storage"):
@@ -354,6 +361,11 @@ class Plugins:
 
     def drift_monitor(self, name: str, *, options: dict[str, Any] | None = None) -> Any:
         return self._make("loom_register_drift_monitors", name, options=dict(options or {}))
+
+    def model_format(self, name: str) -> Any:
+        """The model format ``name`` registered by a plugin (``torch``, built in, is
+        :func:`runtime.formats.model_format`'s own)."""
+        return self._make("loom_register_model_formats", name)
 
     # -- introspection ---------------------------------------------------------------------------------------
 

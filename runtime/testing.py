@@ -11,8 +11,9 @@ any test run where Loom is installed, with no import:
     A local Ray cluster for the whole test session (always local: ``RAY_ADDRESS`` is ignored).
 
 The contract suites are one import away: subclass :class:`DataSourceContract` (fixture ``make_source``),
-:class:`FeatureStoreContract` (``store``), :class:`RegistryContract` and :class:`TrackerContract` (``registry``) or
-:class:`DriftMonitorContract` (``monitor``), define the fixture it names, and every behaviour Loom relies on is
+:class:`FeatureStoreContract` (``store``), :class:`RegistryContract` and :class:`TrackerContract` (``registry``),
+:class:`DriftMonitorContract` (``monitor``) or :class:`ModelFormatContract` (``model_format`` and
+``linear_model``), define the fixture it names, and every behaviour Loom relies on is
 tested against your implementation.
 """
 
@@ -39,6 +40,7 @@ _CONTRACTS = {
     "RegistryContract": "runtime._contracts.registry",
     "TrackerContract": "runtime._contracts.registry",
     "DriftMonitorContract": "runtime._contracts.monitor",
+    "ModelFormatContract": "runtime._contracts.formats",
 }
 
 __all__ = ["DISCOVERY_VARIABLES", *_CONTRACTS, "loom_plugins", "loom_ray", "plugin_manager"]

@@ -457,3 +457,27 @@ def test_loom_canary_judged_gets_the_verdict_of_a_real_canary(deployed, generate
     tags = pipe.registry.get_version("churn", new).tags
     assert tags["loom.loop"] == ("promoted" if promoted else "rolled-back")
     assert float(tags["loom.judge.p_value"]) == pytest.approx(verdict["p_value"], rel=1e-2)
+
+
+def test_loom_register_model_formats_format_loads_and_serves_a_version(tmp_path):
+    import loom_local_registry
+    import test_model_formats as formats  # its toy format (a module import: its suites are not collected twice)
+
+    from runtime.config import ColumnSpec
+    from runtime.formats import load_model
+    from runtime.model import ModelBundle, Preprocessor
+
+    plugins = get_plugins([formats.DoublingPlugin(), loom_local_registry], entrypoints=False)
+    assert plugins.names("loom_register_model_formats") == {"double": "DoublingPlugin"}
+    reg = plugins.registry("local", state_dir=tmp_path, options={})
+    spec = formats.TestTorchFormat().spec({"model_format": "double"})
+    spec["inputs"] = {"a": {"type": "float", "nullable": False}, "b": {"type": "float", "nullable": False}}
+    spec["preprocessor"] = Preprocessor.passthrough({c: ColumnSpec(**s) for c, s in spec["inputs"].items()}).to_dict()
+    spec["task"] = {"task": "regression", "mean": 0.0, "std": 1.0}
+    reg.register("m", {"model.json": json.dumps(spec).encode(), "model.double": b'{"width": 2}'})
+    loaded = load_model(reg, "m", 1, plugins=plugins)
+    assert loaded.spec.format == "double"
+    values, _ = loaded.predict({"a": [1.0, 2.5], "b": [0.0, 0.0]})
+    assert values == [2.0, 5.0]  # regression takes the first output: a * 2
+    with pytest.raises(LoomError, match="is a 'double' model"):  # the torch bundle reader says what it is
+        ModelBundle.from_registry(reg, "m", 1)

@@ -25,7 +25,7 @@ LAYERS = {
     "runtime.config": 1, "runtime.data": 1, "runtime.features": 1, "runtime.registry": 1, "runtime.tracking": 1,
     "runtime.monitoring": 1, "runtime.hookspecs": 1, "runtime.plugins": 1, "runtime": 1,
     "runtime.tasks": 1,
-    "runtime.validation": 2, "runtime.model": 2, "runtime.lineage": 2, "runtime.steps": 2,
+    "runtime.validation": 2, "runtime.model": 2, "runtime.lineage": 2, "runtime.steps": 2, "runtime.formats": 2,
     "runtime.training": 3, "runtime.preparation": 3, "runtime.cluster": 3,
     "runtime.serving": 4,
     "runtime.pipeline": 5,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,7 +18,7 @@ from rich.table import Table
 from ..errors import LoomError
 from ..registry import LATEST, ModelRegistry, ModelVersion, check_alias, parse_ref
 from ..tracking import Run, Tracker, compare_runs
-from ._common import json_option, open_project, out, print_json, project_option
+from ._common import console, json_option, open_project, out, print_json, project_option
 
 
 def _registry(project: str) -> ModelRegistry:
@@ -69,7 +70,8 @@ def _run_dict(r: Run) -> dict[str, Any]:
 
 @click.group("models")
 def models() -> None:
-    """Registered models: list them, inspect versions and lineage, move aliases, delete versions."""
+    """Registered models: list them, inspect versions and lineage, move aliases, delete versions, import models
+    trained elsewhere."""
 
 
 @models.command("list")
@@ -155,6 +157,10 @@ def models_show(name: str, ref: str, project: str, as_json: bool) -> None:
     packages = lineage.get("packages", {})
     if packages:
         table.add_row("packages", "  ".join(f"{k} {p}" for k, p in sorted(packages.items())))
+    imported = lineage.get("imported", {})
+    if imported:
+        table.add_row("imported", f"{imported.get('format', '-')} {imported.get('file', '-')} (sha256 "
+                                  f"{str(imported.get('sha256', '-'))[:16]}…, inputs from {imported.get('signature', '-')})")
     if lineage.get("reference_profile"):
         table.add_row("drift reference", str(lineage["reference_profile"]))
     out.print(table)
@@ -233,6 +239,95 @@ def _refuse_if_served(project: str, name: str, version: int) -> None:
     raise LoomError(f"{name} version {version} is being served at {client.url}, as {how}; take it out of serving "
                     f"first (loom rollback, loom scale-to-zero --version {version}) or pass --force to delete it "
                     "anyway")
+
+
+@models.command("import")
+@click.argument("name")
+@click.option("--format", "fmt", required=True, metavar="FORMAT",
+              help="The file's model format: onnx, torch, or one a plugin registers.")
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False),
+              help="The model file (--format onnx, or another single-file format).")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False),
+              help="--format torch: the weights, as safetensors (pickles are refused).")
+@click.option("--architecture", metavar="MODULE:CLASS",
+              help="--format torch: the torch.nn.Module the weights are for.")
+@click.option("--options", "options_json", metavar="JSON",
+              help="--format torch: the architecture's constructor arguments, a JSON object.")
+@click.option("--signature", default="project", show_default=True, metavar="project|graph|FILE",
+              help="Where the inputs come from: the project's loom.yaml, the model's own declared inputs (ONNX), or "
+                   "a YAML file (inputs, and optionally label, task, classes).")
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False),
+              help="Rows of the model's inputs (Parquet or CSV): the baseline of drift checks.")
+@click.option("--alias", help="Alias to point at the new version (default: registry.alias, e.g. production).")
+@click.option("--description", default="", help="The version's description.")
+@project_option()
+@json_option()
+def models_import(name: str, fmt: str, file: str | None, weights: str | None, architecture: str | None,
+                  options_json: str | None, signature: str, reference: str | None, alias: str | None,
+                  description: str, project: str, as_json: bool) -> None:
+    """Register a model Loom did not train as a new version of NAME: an ONNX file, or torch weights with their
+    architecture. Everything is checked first (the format, the inputs against the signature, a forward pass, the
+    reference rows); the version is written only then, all at once.
+
+    \b
+    Examples:
+      loom models import churn --format onnx --file model.onnx
+      loom models import churn --format torch --weights w.safetensors --architecture mymodels:Net --options '{"hidden": [32]}'
+    """
+    from ..formats import ImportFile, LoadLimits, Signature, import_model, read_reference_file
+    from ..pipeline import Pipeline
+
+    path = _import_path(fmt, file, weights, architecture, options_json)
+    pipe = Pipeline(project)
+    proj = pipe.project
+    default = Signature.of_project(proj)
+    sig: Signature | str = (default if signature == "project" else "graph" if signature == "graph"
+                            else Signature.from_file(signature, default))
+    source = ImportFile.read(path)
+    ref = read_reference_file(reference) if reference else None
+    with console.status(f"checking {source.origin} ({fmt})…"):
+        version = import_model(pipe.registry, name, fmt, source, plugins=pipe.plugins, signature=sig, default=default,
+                               architecture=architecture, options=_options(options_json), reference=ref,
+                               reference_origin=Path(reference).name if reference else "",
+                               reference_rows=proj.config.monitoring.reference_rows,
+                               limits=LoadLimits.of(proj), alias=alias or proj.config.registry.alias,
+                               description=description)
+    pipe.plugins.call("loom_model_registered", project=proj, version=version)
+    if as_json:
+        print_json(_version_dict(version))
+        return
+    imported = version.lineage["imported"]
+    out.print(f"imported {version.name} version {version.version} ({imported['format']}, sha256 "
+              f"{imported['sha256'][:12]}…, inputs from {imported['signature']}"
+              f"{', with a drift reference' if reference else ''}; aliases: {', '.join(version.aliases) or '-'})")
+
+
+def _import_path(fmt: str, file: str | None, weights: str | None, architecture: str | None,
+                 options_json: str | None) -> str:
+    """The file ``loom models import`` reads, after checking that the options fit the format."""
+    if fmt.lower() == "torch":
+        if file:
+            raise click.UsageError("--format torch takes --weights (safetensors) and --architecture, not --file")
+        if not weights or not architecture:
+            raise click.UsageError("--format torch needs --weights FILE.safetensors and --architecture MODULE:CLASS")
+        return weights
+    if weights or architecture or options_json:
+        raise click.UsageError("--weights, --architecture and --options go with --format torch; give --file")
+    if not file:
+        raise click.UsageError(f"--format {fmt} needs --file")
+    return file
+
+
+def _options(options_json: str | None) -> dict[str, Any]:
+    if not options_json:
+        return {}
+    try:
+        options = json.loads(options_json)
+    except ValueError as err:
+        raise click.BadParameter(f"not JSON: {err}", param_hint="--options") from None
+    if not isinstance(options, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--options")
+    return options
 
 
 # -- loom runs --------------------------------------------------------------------------------------------------

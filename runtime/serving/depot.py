@@ -20,7 +20,6 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from ..artifacts import MODEL_ARTIFACTS, REFERENCE
 from ..config import Project
 from ..errors import NotFoundError
 from ..registry import ModelRegistry, ModelVersion
@@ -94,7 +93,7 @@ def ship(project: Project, registry: ModelRegistry, keys: Iterable[Key], keep: I
         if (name, version) in present:
             continue
         mv = registry.get_version(name, version)
-        wanted = [*MODEL_ARTIFACTS, *([REFERENCE] if REFERENCE in mv.artifacts else [])]
+        wanted = list(mv.artifacts)  # whatever its format holds (model.safetensors, model.onnx, ...) and its reference
         artifacts = {a: registry.read_artifact(name, version, a) for a in wanted}
         shipped += sum(len(b) for b in artifacts.values())
         pending.append(depot.put.remote((name, version), mv, artifacts))

@@ -36,7 +36,7 @@ from .._version import __version__
 from ..cluster import project_runtime_env
 from ..config import Project
 from ..errors import LoomError, NotFoundError
-from ..model import ModelBundle
+from ..formats import LoadLimits, load_model
 from ..names import check_name
 from ..plugins import get_plugins
 from .app import LoomApp
@@ -297,9 +297,8 @@ def _check_version(project: Project, model: str, ref: int | str) -> int:
     """Resolve a reference to a version number and check that it builds, before any replica tries."""
     registry = _registry(project)
     mv = registry.get_version(model, ref)
-    serving = project.config.serving
-    ModelBundle.from_registry(registry, model, mv.version, allowed=serving.architectures(project.config.model),
-                              max_parameters=serving.max_parameters).build()
+    load_model(registry, model, mv.version, plugins=get_plugins(modules=project.config.plugins),
+               limits=LoadLimits.of(project))
     return mv.version
 
 

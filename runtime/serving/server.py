@@ -21,7 +21,8 @@ import torch
 
 from ..config import Project, load_project
 from ..errors import ConfigError, LoomError
-from ..model import TENSOR_NUMPY, ModelBundle, read_reference
+from ..formats import LoadedModel, LoadLimits, load_model, postprocess
+from ..model import TENSOR_NUMPY, read_reference
 from ..monitoring import TENSOR_STATS
 from ..plugins import Plugins, get_plugins
 from .batching import MicroBatcher
@@ -81,24 +82,26 @@ def check_exposure(project: Project, token: str | None, operator_token: str | No
 
 
 class LoadedVersion:
-    """One model version, loaded: its input schema, task, encoder, network, batcher and capture."""
+    """One model version, loaded: its input schema, task, encoder, network (in whichever format the version is,
+    see :mod:`runtime.formats`), batcher and capture."""
 
-    def __init__(self, name: str, version: int, bundle: ModelBundle, reference: pd.DataFrame | None,
+    def __init__(self, name: str, version: int, loaded: LoadedModel, reference: pd.DataFrame | None,
                  capture: Capture):
+        spec = loaded.spec
         self.name = name
         self.version = version
         self.label = str(version)
-        self.schema: Schema = bundle.inputs
-        assert bundle.task is not None
-        self.task = bundle.task
+        self.format = spec.format
+        self.schema: Schema = spec.inputs
+        self.task = spec.task
         self.regression = self.task.name == "regression"
-        self.classes = list(bundle.classes)
+        self.classes = spec.classes
         self.label_type = "FP64" if self.regression else label_datatype(self.classes)
-        self.encode = FeatureEncoder(bundle.preprocessor)
-        self.tabular = bool(bundle.preprocessor.input_columns)
+        self.encode = FeatureEncoder(spec.preprocessor)
+        self.tabular = bool(spec.preprocessor.input_columns)
         self.tensors = {n: (tuple(s["shape"]), TENSOR_NUMPY[s.get("dtype") or "FP32"])
-                        for n, s in bundle.tensors.items()}
-        self.model = bundle.build()
+                        for n, s in spec.tensors.items()}
+        self.model = loaded.network
         self.reference = reference
         self.capture = capture
         self.batcher: MicroBatcher | None = None
@@ -106,7 +109,7 @@ class LoadedVersion:
     @torch.inference_mode()
     def forward(self, x: tuple[np.ndarray, ...]) -> np.ndarray:
         """The task's outputs (class probabilities, or values) for the model's encoded inputs."""
-        return self.task.postprocess(self.model(*map(torch.from_numpy, x)))
+        return postprocess(self.task, self.model(x))
 
     def warm_up(self) -> None:
         """One forward pass, so the first request does not pay for lazy initialisation."""
@@ -210,16 +213,16 @@ class ModelServer:
         return bool(self._state.table.models)
 
     def load(self, name: str, version: int) -> LoadedVersion:
-        """Read a version from the registry and build it (safetensors weights, an imported architecture)."""
-        mv = self.registry.get_version(name, version)
-        serving = self.project.config.serving  # what may be served: checked before anything is imported or built
-        bundle = ModelBundle.from_registry(self.registry, name, mv.version, max_parameters=serving.max_parameters,
-                                           allowed=serving.architectures(self.project.config.model))
+        """Read a version from the registry and load it in its format (:func:`runtime.formats.load_model`), within
+        what may be served (``serving.allowed_architectures``, ``serving.max_parameters``: checked before anything
+        is imported or built)."""
+        loaded = load_model(self.registry, name, version, plugins=self.plugins, limits=LoadLimits.of(self.project))
+        mv = loaded.version
         reference = read_reference(self.registry, mv)
         mon = self.project.config.monitoring
         capture = Capture(name, mv.version, mon.window, mon.sample_rate, store=self.store,
-                          schema=bundle.inputs, numeric=tuple(bundle.preprocessor.numeric))
-        return LoadedVersion(name, mv.version, bundle, reference, capture)
+                          schema=loaded.spec.inputs, numeric=tuple(loaded.spec.preprocessor.numeric))
+        return LoadedVersion(name, mv.version, loaded, reference, capture)
 
     def _start(self, lv: LoadedVersion) -> LoadedVersion:
         cfg = self.project.config.serving
