@@ -517,7 +517,8 @@ class RetrainConfig(_Strict):
                               "(McNemar's exact test; a bootstrap of the RMSE gap for regression) must find the new "
                               "version better before it is promoted.")
     max_latency_ratio: float = Field(2.0, gt=1, description="Guard: the candidate's p99 latency may be at most this "
-                                     "many times production's (plus 10 ms), over the judged period.")
+                                     "many times production's (plus 10 ms), over the judged period; its p50 against "
+                                     "production's until it has served 500 requests.")
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Guard: highest share of the candidate's requests "
                                   "that may fail with a server error (shadow and canary).")
     cooldown_s: float = Field(600, ge=0, description="Seconds after a round before drift can start another.")

@@ -87,14 +87,21 @@ def test_the_canary_guards_hold_latency_and_server_errors_to_production():
     from runtime.retrain_loop import LATENCY_SLACK_MS, check_guards
 
     prod = {"requests": 500, "errors": 0, "p99_ms": 20.0}
-    ok = check_guards({"requests": 480, "errors": 2, "p99_ms": 45.0}, prod, max_latency_ratio=2.0, max_error_rate=0.01)
-    assert ok["passed"] and ok["candidate"]["requests"] == 480
-    slow = check_guards({"requests": 480, "errors": 0, "p99_ms": 40.0 + LATENCY_SLACK_MS + 0.5}, prod,
+    ok = check_guards({"requests": 600, "errors": 2, "p99_ms": 45.0}, prod, max_latency_ratio=2.0, max_error_rate=0.01)
+    assert ok["passed"] and ok["candidate"]["requests"] == 600 and ok["latency_quantile"] == "p99"
+    slow = check_guards({"requests": 600, "errors": 0, "p99_ms": 40.0 + LATENCY_SLACK_MS + 0.5}, prod,
                         max_latency_ratio=2.0, max_error_rate=0.01)
     assert not slow["passed"] and "p99 latency" in slow["reason"]
     failing = check_guards({"requests": 100, "errors": 2, "p99_ms": 10.0}, prod, max_latency_ratio=2.0,
                            max_error_rate=0.01)
     assert not failing["passed"] and "error rate 2.00%" in failing["reason"]
+    # a canary with few requests: its p99 is its slowest one or two, so the medians are compared instead
+    few = {"requests": 120, "errors": 0, "p50_ms": 4.0, "p99_ms": 40.0 + LATENCY_SLACK_MS + 5}
+    assert check_guards(few, {**prod, "p50_ms": 3.0}, max_latency_ratio=2.0, max_error_rate=0.01)["passed"]
+    slow_median = check_guards({**few, "p50_ms": 6.0 + LATENCY_SLACK_MS + 1}, {**prod, "p50_ms": 3.0},
+                               max_latency_ratio=2.0, max_error_rate=0.01)
+    assert not slow_median["passed"] and "p50 latency" in slow_median["reason"]
+    assert slow_median["latency_quantile"] == "p50"
     # no production figures (nothing served by it in the window): only the error rate can be judged
     assert check_guards({"requests": 10, "errors": 0, "p99_ms": 900.0}, {}, max_latency_ratio=2.0,
                         max_error_rate=0.01)["passed"]

@@ -63,6 +63,8 @@ class DriftMetrics:
         self.rmse = Gauge("loom_window_rmse", "RMSE on the labelled rows of the last checked window (regression)",
                           labels, registry=registry)
         self.checks = Counter("loom_drift_checks", "Drift checks run", [*labels, "trigger"], registry=registry)
+        self.feedback = Counter("loom_feedback_rows", "Ground-truth labels received through /feedback (rows)",
+                                ["replica", "model"], registry=registry)
 
     def record(self, model: str, version: int, out: Mapping[str, Any]) -> None:
         key = (self.replica, model, str(version))
@@ -132,6 +134,7 @@ class DriftChecks:
         rows = self.parse_feedback(model, payload)
         self.add_labels(model, rows)
         self.store_labels(model, rows)
+        self.metrics.feedback.labels(self.metrics.replica, model).inc(len(rows))
         return {"model": model, "accepted": len(rows)}
 
     def store_labels(self, model: str, rows: list[tuple[str, int, Any]]) -> None:

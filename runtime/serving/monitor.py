@@ -164,6 +164,7 @@ class DeploymentMonitor:
     def labels(self, model: str, rows: list[tuple[str, int, Any]]) -> int:
         """Checked feedback labels a replica received (and stored)."""
         self.checks.add_labels(model, rows)
+        self.checks.metrics.feedback.labels(self.checks.metrics.replica, model).inc(len(rows))
         return len(rows)
 
     # -- what the replicas ask -------------------------------------------------------------------------------

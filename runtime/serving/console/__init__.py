@@ -120,7 +120,7 @@ def console_routes(api: FastAPI, server: Any, checks: Any, *, report_csp: str) -
         hist, why = (await run_in_threadpool(views.histograms, checks, name, chosen)) if chosen else (None, None)
         return page(request, "model.html", m=view, features=features, feature=chosen, hist=hist, hist_error=why,
                     hist_chart=pages.histogram_chart(hist),
-                    charts={**pages.live_charts(view), **pages.drift_charts(view)}, now=view.get("at"))
+                    charts={**pages.live_charts(view), **pages.drift_charts(view)}, now=time.time())
 
     @api.get("/ui/models/{name}/live", include_in_schema=False)
     async def live(request: Request, name: str) -> Response:

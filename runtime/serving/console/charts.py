@@ -31,6 +31,14 @@ def _fmt(value: float) -> str:
     return f"{value:.1e}"
 
 
+def _tick(value: float, span: float) -> str:
+    """An axis label precise enough to tell the ticks of a ``span`` wide axis apart."""
+    if span <= 0 or abs(value) >= 1000 or value == 0:
+        return _fmt(value)
+    digits = max(0, min(8, 2 - math.floor(math.log10(span))))
+    return f"{value:.{digits}f}"
+
+
 def _clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(at))
 
@@ -86,7 +94,8 @@ def line_chart(series: Mapping[str, Sequence[Point]], *, title: str, y_label: st
     for frac in (0.0, 0.5, 1.0):
         value = y0 + (y1 - y0) * frac
         parts.append(f'<line class="grid" x1="{left}" y1="{py(value)}" x2="{left + pw}" y2="{py(value)}"/>'
-                     f'<text class="tick" x="{left - 4}" y="{py(value) + 4}" text-anchor="end">{_fmt(value)}</text>')
+                     f'<text class="tick" x="{left - 4}" y="{py(value) + 4}" text-anchor="end">{_tick(value, y1 - y0)}'
+                     '</text>')
     label = _clock if time_axis else (lambda v: _fmt(v))
     for x, anchor in ((x0, "start"), (x1, "end")):
         parts.append(f'<text class="tick" x="{px(x)}" y="{height - 8}" text-anchor="{anchor}">{label(x)}</text>')

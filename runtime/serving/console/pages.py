@@ -116,10 +116,15 @@ def histogram_chart(hist: dict[str, Any] | None) -> str:
                             title=f"{hist['feature']}: reference vs current")
 
 
+#: Per-epoch records that are not metrics to plot.
+HISTORY_SKIPPED = frozenset({"epoch", "timestamp", "time", "step"})
+
+
 def history_charts(view: dict[str, Any]) -> list[str]:
     """One chart per training metric over epochs (losses together)."""
     history = view.get("history") or []
-    keys = sorted({k for row in history for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))})
+    keys = sorted({k for row in history for k, v in row.items()
+                   if k not in HISTORY_SKIPPED and isinstance(v, (int, float)) and not isinstance(v, bool)})
     if not keys:
         return []
     def points(key: str) -> list[tuple[float, float]]:
@@ -129,8 +134,8 @@ def history_charts(view: dict[str, Any]) -> list[str]:
     out = []
     if losses:
         out.append(charts.line_chart({k: points(k) for k in losses}, title="loss per epoch", time_axis=False,
-                                     y_label="loss", y_min=None))
+                                     y_label="loss", y_min=None, width=520))
     for key in others:
         out.append(charts.line_chart({key: points(key)}, title=f"{key} per epoch", time_axis=False, y_label=key,
-                                     y_min=None))
+                                     y_min=None, width=520))
     return out
