@@ -28,7 +28,7 @@ LAYERS = {
     "runtime.validation": 2, "runtime.model": 2, "runtime.lineage": 2, "runtime.steps": 2, "runtime.formats": 2,
     "runtime.training": 3, "runtime.preparation": 3, "runtime.cluster": 3,
     "runtime.serving": 4,
-    "runtime.pipeline": 5,
+    "runtime.pipeline": 5, "runtime.batch": 5,
     "runtime.retrain_loop": 6, "runtime.loop_controller": 6, "runtime.testing": 6, "runtime._contracts": 6,
     "runtime.cli": 7,
 }

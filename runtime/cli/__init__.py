@@ -25,6 +25,7 @@ from .loop import loop, retrain
 from .models import models, runs
 from .monitor import monitor
 from .plugins import plugin_group, plugins
+from .score import score
 from .status import status
 
 
@@ -68,7 +69,7 @@ def cli() -> None:
 
 
 for _command in (*lifecycle.COMMANDS, *serving.COMMANDS, monitor, models, runs, features, loop, retrain, submit,
-                 plugins, plugin_group, status):
+                 plugins, plugin_group, score, status):
     cli.add_command(_command)
 
 
