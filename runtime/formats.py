@@ -571,7 +571,7 @@ def import_model(registry: ModelRegistry, name: str, fmt_name: str, file: Import
     full = {"imported": record, "packages": _packages(), **({"reference_profile": REFERENCE} if reference is not None
                                                             else {})}
     return registry.register(name, artifacts, params={"format": fmt_name, "task": spec.task.name}, lineage=full,
-                             tags={"loom.imported": fmt_name}, description=description, alias=alias)
+                             tags={"imported": fmt_name}, description=description, alias=alias)
 
 
 def _torch_extra(signature: Signature, architecture: str | None, options: Mapping[str, Any] | None, *,

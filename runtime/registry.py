@@ -67,6 +67,15 @@ class ModelRegistry(Protocol):
       False Loom ships the versions it serves through Ray's object store. True only when every node reaches both
       the metadata and the artifacts on its own (the ``local`` registry on PostgreSQL with artifacts on ``s3://``
       or another object store), never for a store on one host's disk.
+    - ``open_model_uri(uri) -> (format, files, source)`` (optional): a model the store holds that was not
+      registered through Loom, named by the store's own URI (MLflow's ``models:/NAME/VERSION``), for ``loom models
+      import NAME --from URI``. ``format`` is a Loom model format (``onnx``, ``torch``); ``files`` maps where each
+      file came from (a URI ending in the file's name) to its bytes, exactly one file: the network as that format's
+      first artifact; ``source`` is a JSON-serialisable record of the origin (URI, resolved version, run id),
+      stored in the new version's ``imported`` lineage. The caller passes the file to
+      :func:`runtime.formats.import_model`, which checks everything before registering. It must never unpickle or
+      run anything from the artifacts; it raises :class:`runtime.NotFoundError` for an unknown model or version
+      and :class:`runtime.LoomError` naming what was found for a model it cannot import (a pickled flavor).
     """
 
     def register(

@@ -7,7 +7,9 @@ Install MLflow with ``pip install 'loom-mlops[mlflow]'`` and select it in ``loom
 Loom's versions and aliases become MLflow model versions and aliases, and each training run an MLflow run with its
 params and per-epoch metrics, linked from the version it produced. Weights stay safetensors files next to a
 ``model.json``; MLflow's flavors (which pickle) are not used, and serving loads a version exactly as it does from
-the local registry. Options:
+the local registry. A model registered by MLflow's own tools imports with ``loom models import NAME --from
+models:/NAME/VERSION`` (the registry's ``open_model_uri``) when it is an ``onnx`` flavor or safetensors weights;
+pickled flavors are refused. Options:
 
 ``tracking_uri``
     MLflow tracking store: ``sqlite:///path.db``, ``postgresql://...`` or a server's ``http(s)://`` URL. Default:

@@ -346,7 +346,9 @@ class MlflowRegistry:
         by_version: dict[str, list[str]] = {}
         for alias, number in aliases.items():
             by_version.setdefault(str(number), []).append(alias)
-        return [self._version(mv, by_version.get(str(mv.version), [])) for mv in versions]
+        # versions registered by MLflow's own tools are not Loom versions (``loom models import --from`` makes one)
+        return [self._version(mv, by_version.get(str(mv.version), [])) for mv in versions
+                if mv.tags.get(_PATH_TAG) is not None]
 
     def read_artifact(self, name: str, version: int, artifact: str) -> bytes:
         """Download one artifact and check it against the digest recorded at registration."""
@@ -405,6 +407,24 @@ class MlflowRegistry:
         with self._errors(f"setting the description of version {mv.version} of model {name!r}"):
             self.client.update_model_version(name, mv.version, description=description)
 
+    def open_model_uri(self, uri: str) -> tuple[str, dict[str, bytes], dict[str, Any]]:
+        """A model registered in this MLflow registry by MLflow's own tools, for ``loom models import --from``:
+        ``models:/NAME/VERSION``, ``models:/NAME/latest`` or ``models:/NAME@ALIAS``.
+
+        Returns ``(format, files, source)``: ``onnx`` and the graph (external data inlined) for a version whose
+        MLmodel has an ``onnx`` flavor, else ``torch`` and the weights when its artifacts hold one
+        ``*.safetensors`` file; ``files`` maps ``models:/NAME/VERSION/<path>`` to the file's bytes; ``source`` is
+        the lineage of where it came from (the URI, the resolved version, its run id and source, its flavors).
+        Nothing is unpickled or run (see ``_import``).
+
+        :raises NotFoundError: no such model, version or alias (the message lists those there are).
+        :raises LoomError: the version is a pickled flavor, has neither an ONNX graph nor safetensors weights, or
+            was registered through Loom; the message says what was found.
+        """
+        from ._import import open_model
+
+        return open_model(self, uri)
+
     # -- version helpers ---------------------------------------------------------------------------------------
 
     def _require_model(self, name: str) -> None:
@@ -452,8 +472,9 @@ class MlflowRegistry:
         what = f"model {mv.name!r} version {mv.version} in MLflow"
         path = mv.tags.get(_PATH_TAG)
         if path is None:
-            raise LoomError(f"{what} was not registered through Loom (it has no {_PATH_TAG!r} tag); register it "
-                            "with Loom to serve it")
+            raise LoomError(f"{what} was not registered through Loom (it has no {_PATH_TAG!r} tag); import it "
+                            f"(an onnx flavor or safetensors weights) to serve it: loom models import NAME --from "
+                            f"models:/{mv.name}/{mv.version}")
         return (_safe_name(mv.run_id, f"the run id of {what}"),
                 _safe_path(path, f"the {_PATH_TAG!r} tag of {what}"))
 

@@ -243,16 +243,22 @@ def _refuse_if_served(project: str, name: str, version: int) -> None:
 
 @models.command("import")
 @click.argument("name")
-@click.option("--format", "fmt", required=True, metavar="FORMAT",
-              help="The file's model format: onnx, torch, or one a plugin registers.")
+@click.option("--format", "fmt", metavar="FORMAT",
+              help="The file's model format: onnx, torch, or one a plugin registers (with --from: read from the "
+                   "source).")
 @click.option("--file", "file", type=click.Path(exists=True, dir_okay=False),
               help="The model file (--format onnx, or another single-file format).")
+@click.option("--from", "from_uri", metavar="URI",
+              help="A model in the project's registry store that was not registered through Loom, by the store's "
+                   "URI: models:/NAME/VERSION or models:/NAME@ALIAS (registry.kind: mlflow; an onnx flavor or "
+                   "safetensors weights).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False),
               help="--format torch: the weights, as safetensors (pickles are refused).")
 @click.option("--architecture", metavar="MODULE:CLASS",
-              help="--format torch: the torch.nn.Module the weights are for.")
+              help="--format torch, or safetensors weights --from a registry: the torch.nn.Module the weights are "
+                   "for.")
 @click.option("--options", "options_json", metavar="JSON",
-              help="--format torch: the architecture's constructor arguments, a JSON object.")
+              help="With --architecture: the architecture's constructor arguments, a JSON object.")
 @click.option("--signature", default="project", show_default=True, metavar="project|graph|FILE",
               help="Where the inputs come from: the project's loom.yaml, the model's own declared inputs (ONNX), or "
                    "a YAML file (inputs, and optionally label, task, classes).")
@@ -262,49 +268,89 @@ def _refuse_if_served(project: str, name: str, version: int) -> None:
 @click.option("--description", default="", help="The version's description.")
 @project_option()
 @json_option()
-def models_import(name: str, fmt: str, file: str | None, weights: str | None, architecture: str | None,
-                  options_json: str | None, signature: str, reference: str | None, alias: str | None,
-                  description: str, project: str, as_json: bool) -> None:
+def models_import(name: str, fmt: str | None, file: str | None, from_uri: str | None, weights: str | None,
+                  architecture: str | None, options_json: str | None, signature: str, reference: str | None,
+                  alias: str | None, description: str, project: str, as_json: bool) -> None:
     """Register a model Loom did not train as a new version of NAME: an ONNX file, or torch weights with their
-    architecture. Everything is checked first (the format, the inputs against the signature, a forward pass, the
-    reference rows); the version is written only then, all at once.
+    architecture, from files or from the project's MLflow registry (--from models:/NAME/VERSION). Everything is
+    checked first (the format, the inputs against the signature, a forward pass, the reference rows); the version is
+    written only then, all at once.
 
     \b
     Examples:
       loom models import churn --format onnx --file model.onnx
       loom models import churn --format torch --weights w.safetensors --architecture mymodels:Net --options '{"hidden": [32]}'
+      loom models import churn --from models:/churn-onnx/3
     """
     from ..formats import ImportFile, LoadLimits, Signature, import_model, read_reference_file
     from ..pipeline import Pipeline
 
-    path = _import_path(fmt, file, weights, architecture, options_json)
+    if from_uri and (file or weights):
+        raise click.UsageError("--from reads the model from the registry: give no --file or --weights")
+    path = None if from_uri else _import_path(fmt, file, weights, architecture, options_json)
+    options = _options(options_json)
     pipe = Pipeline(project)
     proj = pipe.project
     default = Signature.of_project(proj)
     sig: Signature | str = (default if signature == "project" else "graph" if signature == "graph"
                             else Signature.from_file(signature, default))
-    source = ImportFile.read(path)
     ref = read_reference_file(reference) if reference else None
-    with console.status(f"checking {source.origin} ({fmt})…"):
-        version = import_model(pipe.registry, name, fmt, source, plugins=pipe.plugins, signature=sig, default=default,
-                               architecture=architecture, options=_options(options_json), reference=ref,
+    lineage: dict[str, Any] = {}
+    if path is None:
+        with console.status(f"reading {from_uri} from the {proj.config.registry.kind!r} registry…"):
+            fmt_name, source, lineage["source"] = _open_uri(pipe.registry, proj.config.registry.kind, str(from_uri),
+                                                            fmt, architecture, options_json)
+    else:
+        fmt_name, source = str(fmt), ImportFile.read(path)
+    with console.status(f"checking {source.origin} ({fmt_name})…"):
+        version = import_model(pipe.registry, name, fmt_name, source, plugins=pipe.plugins, signature=sig,
+                               default=default, architecture=architecture, options=options, reference=ref,
                                reference_origin=Path(reference).name if reference else "",
                                reference_rows=proj.config.monitoring.reference_rows,
                                limits=LoadLimits.of(proj), alias=alias or proj.config.registry.alias,
-                               description=description)
+                               description=description, lineage=lineage)
     pipe.plugins.call("loom_model_registered", project=proj, version=version)
     if as_json:
         print_json(_version_dict(version))
         return
     imported = version.lineage["imported"]
-    out.print(f"imported {version.name} version {version.version} ({imported['format']}, sha256 "
+    origin = f" from {from_uri}" if from_uri else ""
+    out.print(f"imported {version.name} version {version.version}{origin} ({imported['format']}, sha256 "
               f"{imported['sha256'][:12]}…, inputs from {imported['signature']}"
               f"{', with a drift reference' if reference else ''}; aliases: {', '.join(version.aliases) or '-'})")
 
 
-def _import_path(fmt: str, file: str | None, weights: str | None, architecture: str | None,
+def _open_uri(registry: ModelRegistry, kind: str, uri: str, fmt: str | None, architecture: str | None,
+              options_json: str | None) -> tuple[str, Any, dict[str, Any]]:
+    """The format, the file (an ``ImportFile``) and the origin of the model ``uri`` names in the project's registry
+    store, read by the registry's optional ``open_model_uri``; the options checked against what was found."""
+    from ..formats import ImportFile
+
+    opener = getattr(registry, "open_model_uri", None)
+    if opener is None:
+        raise LoomError(f"the {kind!r} registry cannot read models by URI, so --from {uri} cannot be imported: "
+                        "--from works with a registry that can (registry.kind: mlflow reads models:/NAME/VERSION)")
+    found, files, origin = opener(uri)
+    if len(files) != 1:
+        raise LoomError(f"{uri} gives {len(files)} files; an import stores one")
+    [(where, data)] = files.items()
+    if fmt and fmt.lower() != found.lower():
+        raise LoomError(f"{uri} is in the {found!r} format ({where}), not --format {fmt}")
+    if found.lower() == "torch":
+        if not architecture:
+            raise LoomError(f"{uri} holds safetensors weights ({where}): give --architecture MODULE:CLASS, the "
+                            "torch.nn.Module they are for (and --options JSON, its constructor arguments)")
+    elif architecture or options_json:
+        raise click.UsageError(f"--architecture and --options go with safetensors weights; {uri} is in the "
+                               f"{found!r} format")
+    return found, ImportFile(bytes(data), where), origin
+
+
+def _import_path(fmt: str | None, file: str | None, weights: str | None, architecture: str | None,
                  options_json: str | None) -> str:
     """The file ``loom models import`` reads, after checking that the options fit the format."""
+    if not fmt:
+        raise click.UsageError("give --format with --file or --weights (or --from URI, a model in the registry)")
     if fmt.lower() == "torch":
         if file:
             raise click.UsageError("--format torch takes --weights (safetensors) and --architecture, not --file")
