@@ -301,12 +301,12 @@ class RetrainLoop:
         from .serving import current_table, rollback, unshadow
 
         new = int(state["version"])
+        self._drop_candidate(new)  # first: the rollout below snapshots the registry's aliases into the routes
         routes = current_table(self.project).models.get(self.model)
         if routes is not None and routes.canary == new:
             rollback(self.project, self.model)
         elif routes is not None and routes.shadow == new:
             unshadow(self.project, self.model)
-        self._drop_candidate(new)
         self._log(new, "rolled-back", reason=reason)
         self._save({"phase": "idle", "last": new, "outcome": "rolled-back", "reason": reason,
                     "finished_at": time.time()})
@@ -337,13 +337,13 @@ class RetrainLoop:
                 "judged_rows": verdict.n, "judge.test": verdict.test, "judge.p_value": f"{verdict.p_value:.3g}",
                 "judge.ci": f"[{verdict.ci[0]:.4g}, {verdict.ci[1]:.4g}]", "judge.confidence": verdict.confidence,
                 "judge.reason": reason, "judge.guards": json.dumps(guards, sort_keys=True)}
+        # the alias goes first: a rollout snapshots the registry's aliases into the routes (name@candidate)
+        self._drop_candidate(new)
         if won:
             promote(self.project, self.model)
-            self._drop_candidate(new)
             self._log(new, "promoted", **tags)
         else:
             rollback(self.project, self.model)
-            self._drop_candidate(new)
             self._log(new, "rolled-back", **tags)
         evidence = {**verdict.to_dict(), "guards": guards, "promoted": won}
         try:
