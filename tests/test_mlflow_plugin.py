@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import runtime
-from runtime import ConfigError, LoomError, ModelRegistry, Tracker
+from runtime import ConfigError, InvalidNameError, LoomError, ModelRegistry, Tracker
 
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -140,6 +140,18 @@ def test_a_version_registered_in_mlflow_directly_is_refused_clearly(reg: ModelRe
     client.create_model_version("foreign", "file:///nowhere")
     with pytest.raises(LoomError, match="not registered through Loom"):
         reg.get_version("foreign", 1)
+
+
+def test_the_retrain_loops_tags_round_trip_and_the_plugins_own_are_reserved(reg: ModelRegistry) -> None:
+    """The retrain loop records each round in ``loom.*`` tags (``loom.loop``, ``loom.judge.reason``): they are a
+    user's tags here, unlike the plugin's own bookkeeping (``loom.artifact_path``), which no caller may set."""
+    reg.register("m", {WEIGHTS: b"w"}, tags={"loom.loop": "shadow"})
+    reg.set_tags("m", 1, {"loom.loop": "promoted", "loom.judge.reason": "better", "team": "churn"})
+    assert reg.get_version("m", 1).tags == {"loom.loop": "promoted", "loom.judge.reason": "better", "team": "churn"}
+    for key in ("loom.artifact_path", "loom.artifact_holder", "mlflow.source.name"):
+        with pytest.raises(InvalidNameError, match="reserved"):
+            reg.set_tags("m", 1, {key: "x"})
+    assert reg.read_artifact("m", 1, WEIGHTS) == b"w"  # its folder tag was never touched
 
 
 def test_corrupted_artifact_is_detected(reg: ModelRegistry, options: dict[str, str]) -> None:

@@ -10,6 +10,9 @@ from typing import Any
 VERSION_DOCUMENT = "loom-version.json"
 #: Tag and folder prefix Loom reserves for its own bookkeeping; hidden from users' tags.
 PREFIX = "loom."
+#: Loom's own bookkeeping tags in MLflow; every other ``loom.*`` tag is a user's (the retrain loop's ``loom.loop``,
+#: ``loom.judge.*``) and round-trips.
+RESERVED_TAGS = frozenset({f"{PREFIX}artifact_path", f"{PREFIX}artifact_holder", f"{PREFIX}started_at"})
 
 
 def encode_param(value: Any) -> str:
@@ -41,5 +44,5 @@ def version_document(params: str, metrics: str, lineage: str, digests: dict[str,
 
 
 def user_tags(tags: dict[str, str]) -> dict[str, str]:
-    """Tags without MLflow's (``mlflow.*``) and Loom's (``loom.*``) own bookkeeping."""
-    return {k: v for k, v in tags.items() if not k.startswith((PREFIX, "mlflow."))}
+    """Tags without MLflow's (``mlflow.*``) and this plugin's (:data:`RESERVED_TAGS`) own bookkeeping."""
+    return {k: v for k, v in tags.items() if k not in RESERVED_TAGS and not k.startswith("mlflow.")}

@@ -58,7 +58,15 @@ from runtime import (  # noqa: E402
     redact,
 )
 
-from ._codec import PREFIX, VERSION_DOCUMENT, decode_param, encode_param, user_tags, version_document  # noqa: E402
+from ._codec import (  # noqa: E402
+    PREFIX,
+    RESERVED_TAGS,
+    VERSION_DOCUMENT,
+    decode_param,
+    encode_param,
+    user_tags,
+    version_document,
+)
 
 #: MLflow keeps at most this many characters of a param value (and would silently truncate longer ones).
 MAX_PARAM_CHARS = 6000
@@ -116,8 +124,8 @@ def _check_tags(tags: dict[str, str] | None) -> dict[str, str]:
     for key, value in tags.items():
         if not isinstance(key, str) or not key or not isinstance(value, str):
             raise TypeError(f"tags must map non-empty strings to strings, got {key!r}: {value!r}")
-        if key.startswith((PREFIX, "mlflow.")):
-            raise InvalidNameError(f"tag {key!r}: the prefixes 'loom.' and 'mlflow.' are reserved")
+        if key in RESERVED_TAGS or key.startswith("mlflow."):
+            raise InvalidNameError(f"tag {key!r} is reserved (MLflow's 'mlflow.*' and {', '.join(sorted(RESERVED_TAGS))})")
     return tags
 
 
