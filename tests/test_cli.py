@@ -107,3 +107,15 @@ def test_module_entry_point() -> None:
     out = subprocess.run([sys.executable, "-m", "runtime.cli", "canary", "--help"], capture_output=True, text=True,
                          env={**os.environ, "LOOM_PLUGINS": "local_registry"}, check=True)
     assert "[PROJECT] PERCENT" in out.stdout
+
+
+def test_deploy_takes_a_model_reference_of_the_projects_own_model(tmp_path: Path) -> None:
+    """``loom deploy --version churn@production`` (or ``churn/3``) names the project's model; another model's name
+    is refused before anything starts."""
+    from conftest import make_project
+
+    root = make_project(tmp_path / "qs", port=8000, generate=False)
+    result = CliRunner().invoke(cli, ["deploy", str(root), "--version", "fraud@production"])
+    assert result.exit_code == 2 and "serves 'churn', not 'fraud'" in result.output
+    result = CliRunner().invoke(cli, ["deploy", str(root), "--version", "churn/x"])
+    assert result.exit_code == 1 and "not a number" in result.output

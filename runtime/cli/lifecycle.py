@@ -64,7 +64,8 @@ def train(project: str) -> None:
 
 @click.command()
 @project_option(positional=True)
-@click.option("--version", "ref", help="Version number or alias to serve (default: the registry alias).")
+@click.option("--version", "ref", help="Version number or alias to serve, also as NAME@ALIAS or NAME/N (default: the "
+              "registry alias).")
 @_port
 @_host
 @click.option("--detach", is_flag=True, help="Return once the model answers.")
@@ -78,6 +79,14 @@ def deploy(project: str, ref: str | None, port: int | None, host: str | None, de
     from ..pipeline import Pipeline
 
     proj = open_project(project, port=port, host=host)
+    if ref is not None and ("@" in ref or "/" in ref):  # churn@production, churn/3: the project's model only
+        from ..batch import parse_model_ref
+
+        name, version = parse_model_ref(ref)
+        if name != proj.config.model.name:
+            raise click.BadParameter(f"this project serves {proj.config.model.name!r}, not {name!r}",
+                                     param_hint="--version")
+        ref = str(version)
     if canary is not None or address:
         attach(address)
     url = Pipeline(proj, console=console).deploy(ref, canary=canary)
