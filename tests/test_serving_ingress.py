@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,8 @@ listen stats
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for key in [k for k in os.environ if k.startswith("RAY_SERVE_") or k == ingress.INGRESS_ENV]:
+    for key in [k for k in os.environ if k.startswith("RAY_SERVE_") or k in (ingress.INGRESS_ENV,
+                                                                              ingress._PORTS_OWNER)]:
         monkeypatch.delenv(key)
     return monkeypatch
 
@@ -74,6 +76,21 @@ def test_operator_settings_win_and_proxy_mode_opts_out(clean_env):
     clean_env.setenv(ingress.INGRESS_ENV, "nginx")
     with pytest.raises(ConfigError, match="LOOM_SERVE_INGRESS"):
         ingress.configure_environment()
+
+
+def test_a_child_process_picks_its_own_ports_not_its_parents(clean_env):
+    """A process that inherits the ports a Loom parent picked for its own cluster (a script that served, then runs
+    `loom up`) picks new ones: the parent's HAProxy holds those."""
+    ingress.configure_environment()
+    picked = os.environ["RAY_SERVE_HAPROXY_STATS_PORT"]
+    assert os.environ[ingress._PORTS_OWNER] == str(os.getpid())
+    ingress.configure_environment()  # again in the same process: kept
+    assert os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == picked
+    code = ("import os; from runtime.cluster import ingress; ingress.configure_environment(); "
+            "print(os.environ['RAY_SERVE_HAPROXY_STATS_PORT'], os.environ['LOOM_HAPROXY_PORTS_OF'] == str(os.getpid()))")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
+    port, owned = child.stdout.split()
+    assert port != picked and owned == "True"
 
 
 def _project(**serving) -> Project:

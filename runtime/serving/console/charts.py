@@ -104,8 +104,8 @@ def line_chart(series: Mapping[str, Sequence[Point]], *, title: str, y_label: st
     for i, (name, pts) in enumerate(clean.items()):
         colour = PALETTE[i % len(PALETTE)]
         coords = " ".join(f"{px(x)},{py(y)}" for x, y in sorted(pts))
-        if len(pts) == 1:  # one point: a dot, still a drawn mark
-            (x, y), = pts
+        if len({x for x, _ in pts}) == 1:  # one point (or several at one time): a dot, still a drawn mark
+            x, y = pts[-1]
             parts.append(f'<circle class="mark" data-series="{escape(name)}" cx="{px(x)}" cy="{py(y)}" r="3" '
                          f'fill="{colour}"/>')
         else:
