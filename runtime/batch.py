@@ -209,11 +209,11 @@ class BatchScorer:
 
     def __init__(self, net: Network, version: int, keys: Mapping[str, ColumnSpec | None], *, source: str = "input",
                  base_dir: Path | None = None):
-        from .validation import _Validator  # the rules and per-row reasons training's ingest quarantines with
+        from .validation import BatchValidator  # the rules and per-row reasons of training's ingest
 
         self.net, self.version, self.keys, self.source, self.base_dir = net, version, dict(keys), source, base_dir
         self.columns = _scoring_columns(net, self.keys)
-        self._validator = _Validator
+        self._validator = BatchValidator
         classes = list(net.task.classes)
         self.classes = classes
         self.label_type = pa.array(classes).type if classes else pa.float64()

@@ -323,8 +323,9 @@ def _check_tensor(raw: pd.Series, spec: ColumnSpec, base_dir: Path | None) -> tu
 # -- validating batch by batch ---------------------------------------------------------------------------------
 
 
-class _Validator:
-    """Coerces batches to the declared columns and tallies problems across them (row numbers continue)."""
+class BatchValidator:
+    """Coerces batches to the declared columns and tallies problems across them (row numbers continue): what
+    training's ingest quarantines with, and batch scoring (:mod:`runtime.batch`) checks each batch with."""
 
     def __init__(self, columns: Mapping[str, ColumnSpec], source: str, *, empty_columns: bool = False,
                  base_dir: Path | None = None) -> None:
@@ -400,7 +401,7 @@ def coerce_frame(
         RangeIndex; a missing column is all-null), one line per problem, and a boolean Series marking the rows
         with at least one problem.
     """
-    validator = _Validator(columns, source, empty_columns=empty_columns)
+    validator = BatchValidator(columns, source, empty_columns=empty_columns)
     frame, bad, _ = validator.add(df)
     return frame, validator.problems(), pd.Series(bad, index=frame.index)
 
@@ -445,7 +446,7 @@ def validate_batches(
     if policy == "quarantine" and quarantine_dir is None:
         raise ValueError("the quarantine policy needs a quarantine_dir")
     source = redact(source)  # it starts every problem line and names the source in the report
-    validator = _Validator(columns, source, base_dir=base_dir)
+    validator = BatchValidator(columns, source, base_dir=base_dir)
     good: list[pd.DataFrame] = []
     file = quarantine_dir / f"quarantine-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.csv" if quarantine_dir else None
     written = 0
