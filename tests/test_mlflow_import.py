@@ -25,6 +25,7 @@ from runtime.cli import cli
 from runtime.formats import LoadLimits, load_model
 from runtime.model import TabularMLP
 from serving_models import FEATURES, data, registry
+from test_models_import import torch_proba  # the passthrough encoding, built independently
 
 pytest.importorskip("onnx")
 mlflow = pytest.importorskip("mlflow")
@@ -129,22 +130,6 @@ def store(project: Path, tmp_path: Path) -> Store:
 def module(seed: int = 0, width: int = WIDTH, out: int = 2, hidden: int = 16) -> TabularMLP:
     torch.manual_seed(seed)
     return TabularMLP(in_features=width, out_features=out, hidden=[hidden], dropout=0.0).eval()
-
-
-def encoded(frame: pd.DataFrame, project: Path) -> np.ndarray:
-    """The quickstart rows as an imported model receives them (the passthrough encoding), independently built."""
-    cols = load_project(project).config.data.columns
-    numeric = [c for c in FEATURES if cols[c].type in ("int", "float", "bool")]
-    parts = [frame[numeric].astype("float64").to_numpy()]
-    for c in FEATURES:
-        if cols[c].type == "category":
-            parts.append((frame[c].to_numpy()[:, None] == np.array(cols[c].categories)[None, :]).astype(float))
-    return np.concatenate(parts, axis=1).astype(np.float32)
-
-
-def torch_proba(net: torch.nn.Module, frame: pd.DataFrame, project: Path) -> np.ndarray:
-    with torch.inference_mode():
-        return torch.softmax(net(torch.from_numpy(encoded(frame, project))), dim=-1).numpy()
 
 
 def loaded(project: Path, ref: int | str):

@@ -121,13 +121,20 @@ def _latest_check(history: list[dict[str, Any]] | None) -> dict[str, Any] | None
                                      "prediction_drift", "accuracy", "rmse", "labelled_rows", "trigger")}
 
 
-def model_summary(server: Any, checks: Any, name: str, *, window_s: float = SUMMARY_WINDOW_S) -> dict[str, Any]:
-    """One model's line of the front page: its routes, production version, live traffic, last drift check and
-    the loop's phase."""
-    routes = _routes(server, name)
+def _gathered(server: Any, checks: Any, name: str, window_s: float, history_limit: int) -> dict[str, Any]:
+    """What a page of ``name`` is drawn from, each asked once: its routes, registry versions, traffic over
+    ``window_s`` and its newest ``history_limit`` drift checks (``None`` and a problem for what cannot be had)."""
+    routes = _routes(server, name)  # first: an unknown model is a 404 before anything is asked
     versions, registry_error = _ask(_versions, server, name)
     traffic, traffic_error = _ask(_traffic, server, checks, name, window_s)
-    history, history_error = _ask(checks.history, name, None)
+    history, history_error = _ask(checks.history, name, history_limit)
+    return {"routes": routes, "versions": versions, "traffic": traffic, "history": history,
+            "problems": {k: v for k, v in (("registry", registry_error), ("traffic", traffic_error),
+                                           ("drift", history_error)) if v}}
+
+
+def _summary(name: str, got: dict[str, Any], server: Any, window_s: float) -> dict[str, Any]:
+    routes, versions, traffic = got["routes"], got["versions"], got["traffic"]
     aliases: dict[str, int] = {}
     for v in versions or []:
         for alias in v.aliases:
@@ -146,11 +153,16 @@ def model_summary(server: Any, checks: Any, name: str, *, window_s: float = SUMM
                     "requests": total, "error_rate": round(errors / total, 6) if total else 0.0,
                     "p50_ms": primary.get("p50_ms"), "p99_ms": primary.get("p99_ms"), "versions": per_version,
                     "shadow": (traffic or {}).get("shadow")},
-        "drift": _latest_check(history),
+        "drift": _latest_check(got["history"]),
         "loop": _loop_state(server, name),
-        "problems": {k: v for k, v in (("registry", registry_error), ("traffic", traffic_error),
-                                       ("drift", history_error)) if v},
+        "problems": got["problems"],
     }
+
+
+def model_summary(server: Any, checks: Any, name: str, *, window_s: float = SUMMARY_WINDOW_S) -> dict[str, Any]:
+    """One model's line of the front page: its routes, production version, live traffic, last drift check and
+    the loop's phase."""
+    return _summary(name, _gathered(server, checks, name, window_s, 1), server, window_s)
 
 
 def summary(server: Any, checks: Any, *, window_s: float = SUMMARY_WINDOW_S) -> dict[str, Any]:
@@ -164,15 +176,13 @@ def summary(server: Any, checks: Any, *, window_s: float = SUMMARY_WINDOW_S) -> 
 def model_detail(server: Any, checks: Any, name: str, *, window_s: float = DETAIL_WINDOW_S) -> dict[str, Any]:
     """The model page: versions with aliases, routing, traffic over the last minutes, drift over time, feedback
     metrics and the loop's rounds."""
-    out = model_summary(server, checks, name, window_s=window_s)
-    versions, _ = _ask(_versions, server, name)
-    history, _ = _ask(checks.history, name, HISTORY_SHOWN)
-    traffic, _ = _ask(_traffic, server, checks, name, window_s)
+    got = _gathered(server, checks, name, window_s, HISTORY_SHOWN)
+    out = _summary(name, got, server, window_s)
+    versions = got["versions"] or []
     primary = server.resolve(name, str(out["routes"]["primary"]))
-    features = list(primary.schema)
-    out.update(versions_list=[_version_row(v) for v in reversed(versions or [])],
-               rounds=_rounds(versions or []), history=history or [],
-               series=(traffic or {}).get("series", {}), features=features,
+    out.update(versions_list=[_version_row(v) for v in reversed(versions)], rounds=_rounds(versions),
+               history=got["history"] or [], series=(got["traffic"] or {}).get("series", {}),
+               features=list(primary.schema),
                has_reference_predictions=primary.reference is not None and "prediction" in primary.reference,
                regression=primary.regression)
     return redact_data(out, keys=False)
@@ -180,9 +190,9 @@ def model_detail(server: Any, checks: Any, name: str, *, window_s: float = DETAI
 
 def live(server: Any, checks: Any, name: str, *, window_s: float = DETAIL_WINDOW_S) -> dict[str, Any]:
     """The model page's refreshed part: routing and traffic (with its per-version rate series)."""
-    out = model_summary(server, checks, name, window_s=window_s)
-    traffic, _ = _ask(_traffic, server, checks, name, window_s)
-    out["series"] = (traffic or {}).get("series", {})
+    got = _gathered(server, checks, name, window_s, 1)
+    out = _summary(name, got, server, window_s)
+    out["series"] = (got["traffic"] or {}).get("series", {})
     return redact_data(out, keys=False)
 
 
